@@ -1,0 +1,146 @@
+"""Service settings: every `M2FP_*` environment variable, read once into a typed, frozen object.
+
+Every field has a default that works on a single machine. `Settings.from_env()` validates the
+values and raises `SettingsError` naming the variable, so a typo stops the start with a clear
+message instead of surfacing as a strange failure later.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+PREFIX = "M2FP_"
+DEFAULT_MODEL_DIR = Path("models/cv_resnet101_image-multiple-human-parsing")
+
+
+class SettingsError(ValueError):
+    """A configuration value is missing or malformed; the message names the variable."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    # Model
+    model_dir: Path = DEFAULT_MODEL_DIR
+    weights_sha256: str | None = None
+    weights_key_file: Path | None = None
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    precision: str = "auto"  # auto | fp32 | fp16 | bf16
+    warmup: bool = True
+    # Engine
+    batch_max: int = 4
+    batch_wait_ms: float = 5.0
+    queue_max: int = 16
+    # Uploads
+    max_upload_mb: float = 10.0
+    max_pixels: int = 40_000_000
+    max_side: int = 1920
+    # Abuse control
+    rate_limit: str = "5 per minute"
+    ratelimit_storage: str = "memory://"
+    ban_after: int = 3
+    ban_window_seconds: int = 600
+    ban_seconds: int = 3600
+    api_keys_file: Path | None = None
+    api_keys_required: bool = False
+    trusted_proxies: int = 0
+    cors_origins: tuple[str, ...] = ()
+    # Observability
+    audit_client: str = "truncated"  # full | truncated | hash
+    audit_hash_key: str | None = None
+    metrics_allow: tuple[str, ...] = ("127.0.0.1/32", "::1/128")
+    # Overload shedding: above this fraction of the memory limit, /readyz and parses answer 503.
+    memory_shed_fraction: float = 0.9
+    memory_limit_mb: float | None = None  # None: the cgroup limit, else the machine's RAM
+    # Pages
+    kiosk_idle_seconds: int = 60
+    kiosk_notice: str = (
+        "Your photo is processed in memory and never stored. The result disappears when you "
+        "leave or after a minute without a touch."
+    )
+
+    @property
+    def max_upload_bytes(self) -> int:
+        return int(self.max_upload_mb * 1024 * 1024)
+
+    @classmethod
+    def from_env(
+        cls, environ: Mapping[str, str] | None = None, overrides: Mapping[str, Any] | None = None
+    ) -> Settings:
+        """Read `M2FP_<FIELD>` for every field, then apply `overrides` (already typed values)."""
+        environ = os.environ if environ is None else environ
+        values: dict[str, Any] = {}
+        for f in dataclasses.fields(cls):
+            name = PREFIX + f.name.upper()
+            raw = environ.get(name)
+            if raw is None or raw.strip() == "":
+                continue
+            values[f.name] = _parse(name, f.type, raw.strip())
+        unknown = set(overrides or {}) - {f.name for f in dataclasses.fields(cls)}
+        if unknown:
+            raise SettingsError(f"unknown settings: {', '.join(sorted(unknown))}")
+        values.update(overrides or {})
+        settings = cls(**values)
+        settings.validate()
+        return settings
+
+    def validate(self) -> None:
+        _choice("M2FP_AUDIT_CLIENT", self.audit_client, ("full", "truncated", "hash"))
+        _choice("M2FP_PRECISION", self.precision, ("auto", "fp32", "fp16", "bf16"))
+        if not (self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:")):
+            raise SettingsError(
+                f"M2FP_DEVICE must be auto, cpu, cuda or cuda:N, not {self.device!r}"
+            )
+        for name in ("batch_max", "queue_max", "max_pixels", "max_side", "ban_after"):
+            if getattr(self, name) < 1:
+                raise SettingsError(f"{PREFIX}{name.upper()} must be at least 1")
+        if self.max_upload_mb <= 0:
+            raise SettingsError("M2FP_MAX_UPLOAD_MB must be positive")
+        if self.trusted_proxies < 0:
+            raise SettingsError("M2FP_TRUSTED_PROXIES must be 0 or more")
+        if not 0 < self.memory_shed_fraction <= 1:
+            raise SettingsError("M2FP_MEMORY_SHED_FRACTION must be in (0, 1]")
+        if self.weights_sha256 is not None:
+            digest = self.weights_sha256.lower()
+            if len(digest) != 64 or any(c not in "0123456789abcdef" for c in digest):
+                raise SettingsError("M2FP_WEIGHTS_SHA256 must be 64 hexadecimal characters")
+        for network in self.metrics_allow:
+            try:
+                ipaddress.ip_network(network, strict=False)
+            except ValueError as exc:
+                raise SettingsError(f"M2FP_METRICS_ALLOW: {exc}") from None
+
+
+def _choice(name: str, value: str, allowed: tuple[str, ...]) -> None:
+    if value not in allowed:
+        raise SettingsError(f"{name} must be one of {', '.join(allowed)}, not {value!r}")
+
+
+def _parse(name: str, annotation: Any, raw: str) -> Any:
+    kind = str(annotation)
+    try:
+        if kind.startswith("tuple"):
+            return tuple(part.strip() for part in raw.split(",") if part.strip())
+        if kind.startswith("bool"):
+            if raw.lower() in ("1", "true", "yes", "on"):
+                return True
+            if raw.lower() in ("0", "false", "no", "off"):
+                return False
+            raise ValueError("expected true or false")
+        if kind.startswith("int"):
+            return int(raw)
+        if kind.startswith("float"):
+            return float(raw)
+        if kind.startswith("Path"):
+            return Path(raw)
+        return raw
+    except ValueError as exc:
+        raise SettingsError(f"{name}={raw!r}: {exc}") from None
+
+
+__all__ = ["DEFAULT_MODEL_DIR", "Settings", "SettingsError"]
