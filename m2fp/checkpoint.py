@@ -44,16 +44,20 @@ def read_state_dict(fileobj: BinaryIO) -> dict[str, torch.Tensor]:
         raise CheckpointError(f"checkpoint holds a {type(obj).__name__}, not a state dict")
     bad = [k for k, v in obj.items() if not isinstance(k, str) or not torch.is_tensor(v)]
     if bad:
-        raise CheckpointError(f"checkpoint entries that are not tensors: {_short(map(str, bad))}")
+        raise CheckpointError(
+            f"checkpoint entries that are not tensors: {_short([str(k) for k in bad])}"
+        )
     return dict(obj)
 
 
 def remap_keys(sd: Mapping[str, torch.Tensor], model: nn.Module) -> dict[str, torch.Tensor]:
     """Adapt a soeaver/M2FP (detectron2) checkpoint: drop the loss's `criterion.*` buffers and
-    add BN `num_batches_tracked` counters it lacks. Other keys pass through unchanged."""
+    add the BN `num_batches_tracked` counters it lacks (where the BN's
+    running_mean is present). Other keys pass through unchanged."""
     out = {k: v for k, v in sd.items() if not k.startswith("criterion.")}
     for key, value in model.state_dict().items():
-        if key.endswith("num_batches_tracked") and key not in out:
+        stem = key.removesuffix("num_batches_tracked")
+        if stem != key and key not in out and stem + "running_mean" in out:
             out[key] = torch.zeros_like(value)
     return out
 
