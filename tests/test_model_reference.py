@@ -32,7 +32,9 @@ def _case(name: str) -> dict:
 
 def _to_input(image: np.ndarray | torch.Tensor) -> torch.Tensor:
     """uint8 (H, W, 3) RGB → float32 (1, 3, H, W) in 0..255."""
-    return torch.as_tensor(np.array(image)).permute(2, 0, 1).float()[None]
+    if isinstance(image, np.ndarray):
+        image = torch.from_numpy(image.copy())
+    return image.permute(2, 0, 1).float()[None]
 
 
 @pytest.mark.parametrize("name", NATIVE)
