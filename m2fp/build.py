@@ -130,11 +130,13 @@ def load_model(
                     " decrypt it with security.model_crypto and pass weights=)"
                 )
             raise ModelDirError(f"{path} is missing{hint}")
-        with path.open("rb") as fh:
-            try:
+        try:
+            with path.open("rb") as fh:
                 sd = read_state_dict(fh)
-            except CheckpointError as exc:
-                raise CheckpointError(f"{path}: {exc}") from exc
+        except OSError as exc:
+            raise ModelDirError(f"{path} cannot be opened: {exc.strerror or exc}") from exc
+        except CheckpointError as exc:
+            raise CheckpointError(f"{path}: {exc}") from exc
     load_state_dict_strict(model, sd)
     return model.to(device).eval()
 
