@@ -49,6 +49,81 @@ def ms_deform_attn(
     return out.transpose(1, 2).contiguous()
 
 
+def ms_deform_attn_gather(
+    value: torch.Tensor,
+    spatial_shapes: list[tuple[int, int]] | torch.Tensor,
+    sampling_locations: torch.Tensor,
+    attention_weights: torch.Tensor,
+) -> torch.Tensor:
+    """`ms_deform_attn` computed as one weighted gather; same arguments, same result.
+
+    Each output row is a sum of value rows (4 bilinear corners x levels x points) weighted by
+    bilinear weight x attention weight, which `F.embedding_bag(mode="sum")` computes without
+    materialising the (N*M, D, Lq, L*P) samples that grid_sample + multiply + sum need.
+    """
+    shapes = [(int(h), int(w)) for h, w in spatial_shapes]
+    xs, ys = [], []
+    for lvl, (h, w) in enumerate(shapes):
+        # normalised (pixel centres at (i + 0.5) / size) -> pixel coordinates, centres at i
+        xs.append(sampling_locations[:, :, :, lvl, :, 0] * w - 0.5)
+        ys.append(sampling_locations[:, :, :, lvl, :, 1] * h - 0.5)
+    return deform_gather_pixels(value, shapes, xs, ys, attention_weights)
+
+
+def deform_gather_pixels(
+    value: torch.Tensor,
+    shapes: list[tuple[int, int]],
+    xs: list[torch.Tensor],
+    ys: list[torch.Tensor],
+    attention_weights: torch.Tensor,
+) -> torch.Tensor:
+    """Bilinear samples at pixel coordinates, summed with attention weights, as one gather.
+
+    Args:
+        value: (N, S, M, D), levels flattened row-major, S = sum(H_l * W_l).
+        shapes: L pairs (H_l, W_l) as Python ints (no tensor has to come from the host).
+        xs, ys: L tensors (N, Lq, M, P): pixel coordinates in level l, pixel (i, j) at (j, i);
+            corners outside the map read zeros (grid_sample's zero padding).
+        attention_weights: (N, Lq, M, L, P).
+
+    Returns:
+        (N, Lq, M * D).
+    """
+    n, s, m, d = value.shape
+    lq = attention_weights.shape[1]
+    device = value.device
+    index_dtype = torch.int32 if n * s * m < 2**31 else torch.int64
+    # row of value viewed as (N*S*M, D) is (image * S + pixel) * M + head
+    image = (torch.arange(n, device=device, dtype=index_dtype) * (s * m)).view(n, 1, 1, 1, 1, 1)
+    head = torch.arange(m, device=device, dtype=index_dtype).view(1, 1, m, 1, 1, 1)
+    indices, weights = [], []
+    start = 0
+    for lvl, (h, w) in enumerate(shapes):
+        x, y = xs[lvl], ys[lvl]
+        x0, y0 = x.floor(), y.floor()
+        fx, fy = x - x0, y - y0
+        # (N, Lq, M, P, 2): the two neighbouring columns / rows and their weights, 0 outside
+        cols = torch.stack((x0, x0 + 1), -1)
+        rows = torch.stack((y0, y0 + 1), -1)
+        wx = torch.stack((1 - fx, fx), -1) * ((cols >= 0) & (cols <= w - 1))
+        wy = torch.stack((1 - fy, fy), -1) * ((rows >= 0) & (rows <= h - 1))
+        cols = cols.clamp_(0, w - 1).to(index_dtype)
+        rows = rows.clamp_(0, h - 1).to(index_dtype)
+        # (N, Lq, M, P, 2 rows, 2 cols)
+        pixel = (rows * w + start)[..., :, None] + cols[..., None, :]
+        indices.append((pixel * m + head + image).flatten(3))
+        attn = attention_weights[:, :, :, lvl, :, None, None]
+        weights.append((attn * wy[..., :, None] * wx[..., None, :]).flatten(3))
+        start += h * w
+    # (N*Lq*M, L*P*4) bags of value rows
+    bags = torch.cat(indices, -1).view(n * lq * m, -1)
+    bag_weights = torch.cat(weights, -1).view(n * lq * m, -1).to(value.dtype)
+    out = F.embedding_bag(
+        bags, value.reshape(n * s * m, d), per_sample_weights=bag_weights, mode="sum"
+    )
+    return out.view(n, lq, m * d)
+
+
 class MSDeformAttn(nn.Module):
     """Multi-scale deformable attention module; keys `sampling_offsets`, `attention_weights`,
     `value_proj`, `output_proj` as in the official checkpoint."""
@@ -65,6 +140,9 @@ class MSDeformAttn(nn.Module):
         self.attention_weights = nn.Linear(embed_dim, num_heads * num_levels * num_points)
         self.value_proj = nn.Linear(embed_dim, embed_dim)
         self.output_proj = nn.Linear(embed_dim, embed_dim)
+        # "grid_sample" (the reference) or "gather" (ms_deform_attn_gather, same result within
+        # float rounding, several times faster on CPU); set by m2fp.optimize
+        self.sampler = "grid_sample"
         self._reset_parameters()
 
     def _reset_parameters(self) -> None:
@@ -112,6 +190,16 @@ class MSDeformAttn(nn.Module):
         # (N, Lq, heads, levels, points), softmax over levels x points
         weights = self.attention_weights(query).view(n, lq, m, lv * p).softmax(-1)
         weights = weights.view(n, lq, m, lv, p)
+        if self.sampler == "gather":
+            # pixel coordinates per level straight from the offsets (which are in pixels),
+            # with Python-int sizes: no normaliser tensor, so no host-to-device copy
+            xs, ys = [], []
+            for lvl, (h, w) in enumerate(spatial_shapes):
+                ref = reference_points[:, :, None, lvl, None, :]  # (N, Lq, 1, 1, 2)
+                xs.append(offsets[:, :, :, lvl, :, 0] + (ref[..., 0] * w - 0.5))
+                ys.append(offsets[:, :, :, lvl, :, 1] + (ref[..., 1] * h - 0.5))
+            shapes = [(int(h), int(w)) for h, w in spatial_shapes]
+            return self.output_proj(deform_gather_pixels(value, shapes, xs, ys, weights))
         # offsets are in pixels of each level: normalise by (W_l, H_l)
         normalizer = torch.tensor(
             [[w, h] for h, w in spatial_shapes], dtype=query.dtype, device=query.device
