@@ -1,0 +1,177 @@
+"""Forward latency, throughput and memory of the full M2FP R101, reference vs optimized.
+
+Builds the R101 with seeded random weights (no download; or --model-dir for real ones), runs
+each mode in its own worker process (own threads, own peak RSS) and interleaves their runs,
+so both see the same machine load. Prints a table, the largest output difference of each
+mode from the fp32 reference, and writes JSON to bench/results/.
+
+    .venv/bin/python bench/forward.py                                  # 640x864, batch 1
+    .venv/bin/python bench/forward.py --sizes 640x864,800x1216 --batches 1,2 --repeats 7
+    .venv/bin/python bench/forward.py --modes plain,fast,fast-bf16     # + bf16 autocast
+    .venv/bin/python bench/forward.py --device cuda --modes fast-fp16 --batches 1,4,8,16
+    .venv/bin/python bench/forward.py --parse 1280x1920                # + Parser.parse
+
+Modes: plain (the reference model, fp32), fast (optimize_for_inference, fp32), fast-bf16,
+fast-fp16 (autocast; fp16 on CUDA only).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench._common import (  # noqa: E402
+    Worker,
+    machine_info,
+    print_table,
+    summarize,
+    write_json,
+)
+
+MODES = {
+    "plain": ["--mode", "plain"],
+    "fast": ["--mode", "fast"],
+    "fast-bf16": ["--mode", "fast", "--dtype", "bf16"],
+    "fast-fp16": ["--mode", "fast", "--dtype", "fp16"],
+}
+
+
+def _pairs(text: str) -> list[tuple[int, int]]:
+    """'640x864,800x1216' → [(640, 864), (800, 1216)] as (height, width)."""
+    out = []
+    for item in text.split(","):
+        h, w = item.lower().split("x")
+        out.append((int(h), int(w)))
+    return out
+
+
+def _ints(text: str) -> list[int]:
+    return [int(v) for v in text.split(",")]
+
+
+def _max_diff(a: Path, b: Path) -> dict[str, float]:
+    with np.load(a) as x, np.load(b) as y:
+        return {k: float(np.abs(x[k] - y[k]).max()) for k in ("class_logits", "mask_logits")}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--sizes", type=_pairs, default=_pairs("640x864"), help="HxW[,HxW...]")
+    ap.add_argument("--batches", type=_ints, default=[1])
+    ap.add_argument("--modes", default="plain,fast", help=",".join(MODES))
+    ap.add_argument("--warmup", type=int, default=1)
+    ap.add_argument("--repeats", type=int, default=5, help="timed runs per mode and case")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--model-dir", default=None, help="real weights instead of seeded ones")
+    ap.add_argument("--parse", type=_pairs, default=[], help="also time Parser.parse at HxW")
+    ap.add_argument("--json", default=None, help="output path (default bench/results/...)")
+    args = ap.parse_args()
+    modes = args.modes.split(",")
+    unknown = [m for m in modes if m not in MODES]
+    if unknown:
+        ap.error(f"unknown mode(s) {unknown}; choose from {list(MODES)}")
+
+    common = ["--threads", str(args.threads), "--device", args.device]
+    if args.model_dir:
+        common += ["--model-dir", args.model_dir]
+    worker_py = str(Path(__file__).with_name("_ours.py"))
+    workers: dict[str, Worker] = {}
+    rows, cases = [], []
+    try:
+        for m in modes:
+            workers[m] = Worker(m, [sys.executable, worker_py, *MODES[m], *common])
+        with tempfile.TemporaryDirectory(prefix="m2fp-bench-") as tmp:
+            for h, w in args.sizes:
+                for b in args.batches:
+                    cases.append(_forward_case(workers, modes, h, w, b, args, Path(tmp), rows))
+            parse_cases = [_parse_case(workers, modes, h, w, args) for h, w in args.parse]
+    finally:
+        for worker in workers.values():
+            worker.close()
+
+    print(f"\nM2FP R101 forward, {args.threads} threads, device {args.device}, "
+          f"{args.repeats} interleaved timed runs per cell (median, p95)")  # fmt: skip
+    print_table(
+        ["mode", "input", "batch", "median s", "p95 s", "img/s", "peak RSS MB",
+         "GPU peak MB", "vs plain", "max|Δcls|", "max|Δmask|"],
+        rows,
+    )  # fmt: skip
+    for pc in parse_cases:
+        if pc.get("skipped"):
+            print(f"\nParser.parse {pc['input']}: skipped ({pc['skipped']})")
+            continue
+        print(f"\nParser.parse on a {pc['input']} photo-like image vs the bare forward:")
+        print_table(["mode", "parse median s", "p95 s", "instances"], pc["rows"])
+    out = write_json(
+        "forward",
+        {"machine": machine_info(), "args": vars(args), "cases": cases, "parse": parse_cases},
+        args.json,
+    )
+    print(f"\nJSON: {out}")
+
+
+def _forward_case(workers, modes, h, w, b, args, tmp: Path, rows: list) -> dict[str, Any]:
+    req = {"op": "forward", "height": h, "width": w, "batch": b}
+    for m in modes:  # warm-up, untimed
+        workers[m].request(**req, warmup=args.warmup, repeats=0)
+    seconds: dict[str, list[float]] = {m: [] for m in modes}
+    peaks: dict[str, dict[str, Any]] = {}
+    for r in range(args.repeats):
+        order = modes[r % len(modes) :] + modes[: r % len(modes)]  # rotate who goes first
+        for m in order:
+            save = str(tmp / f"{m}.npz") if r == 0 else None
+            reply = workers[m].request(**req, warmup=0, repeats=1, save=save)
+            seconds[m] += reply["seconds"]
+            peak = peaks.setdefault(m, reply)
+            for key in ("window_peak_rss_mb", "process_peak_rss_mb", "cuda_peak_mb"):
+                if reply[key] is not None:
+                    peak[key] = max(peak[key] or 0, reply[key])
+    base = "plain" if "plain" in modes else None
+    result = {"input": [h, w], "batch": b, "modes": {}}
+    for m in modes:
+        stats = summarize(seconds[m])
+        diff = _max_diff(tmp / f"{m}.npz", tmp / f"{base}.npz") if base and m != base else None
+        ratio = None
+        if base and m != base:
+            ratio = stats["median_s"] / summarize(seconds[base])["median_s"]
+        result["modes"][m] = {
+            **stats,
+            "seconds": seconds[m],
+            "images_per_s": b / stats["median_s"],
+            "process_peak_rss_mb": peaks[m]["process_peak_rss_mb"],
+            "forward_peak_rss_mb": peaks[m]["window_peak_rss_mb"],
+            "cuda_peak_mb": peaks[m]["cuda_peak_mb"],
+            "ratio_to_plain": ratio,
+            "max_abs_diff_to_plain": diff,
+        }
+        rows.append([
+            m, f"{h}x{w}", b, stats["median_s"], stats["p95_s"], b / stats["median_s"],
+            peaks[m]["process_peak_rss_mb"], peaks[m]["cuda_peak_mb"], ratio,
+            diff["class_logits"] if diff else None, diff["mask_logits"] if diff else None,
+        ])  # fmt: skip
+    return result
+
+
+def _parse_case(workers, modes, h, w, args) -> dict[str, Any]:
+    mode = next((m for m in modes if m != "plain"), modes[0])
+    req = {"op": "parse", "height": h, "width": w}
+    first = workers[mode].request(**req, warmup=args.warmup, repeats=0)
+    if first.get("skipped"):
+        return {"input": f"{h}x{w}", "skipped": first["skipped"]}
+    rows = []
+    reply = workers[mode].request(**req, warmup=0, repeats=args.repeats)
+    stats = summarize(reply["seconds"])
+    rows.append([mode, stats["median_s"], stats["p95_s"], reply.get("instances")])
+    return {"input": f"{h}x{w}", "mode": mode, **stats, "seconds": reply["seconds"], "rows": rows}
+
+
+if __name__ == "__main__":
+    main()
