@@ -1,0 +1,309 @@
+"""Helpers for the deployment tests: real nginx (Debian's binary) rendered from nginx/, dev
+certificates from scripts/dev-cert, a small echoing upstream, and a filesystem watch.
+
+Everything binds 127.0.0.1 on ports chosen at run time and is stopped by the caller (the
+fixtures in the test modules wrap these in finalisers).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import http.server
+import json
+import os
+import re
+import signal
+import socket
+import ssl
+import subprocess
+import threading
+import time
+import warnings
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+from nginx.render import NginxOptions, write_config
+
+REPO = Path(__file__).resolve().parents[1]
+NGINX = "/usr/sbin/nginx"
+FATRACE = "/usr/sbin/fatrace"
+
+
+def free_port() -> int:
+    """A port that was free a moment ago on 127.0.0.1 (bind port 0, read it, close)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for_port(port: int, *, timeout: float = 15.0, proc: subprocess.Popen | None = None):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"process exited with {proc.returncode} before listening")
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.2):
+            return
+        time.sleep(0.05)
+    raise TimeoutError(f"nothing listens on 127.0.0.1:{port} after {timeout}s")
+
+
+# -- TLS material -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TlsFiles:
+    ca: Path
+    cert: Path
+    key: Path
+
+
+def make_dev_cert(directory: Path, *args: str) -> TlsFiles:
+    """Run scripts/dev-cert into `directory`; return the CA, certificate and key paths."""
+    subprocess.run(
+        [str(REPO / "scripts" / "dev-cert"), "--dir", str(directory), *args],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    return TlsFiles(directory / "ca.pem", directory / "server.pem", directory / "server.key")
+
+
+def tls_context(ca: Path, *, version: ssl.TLSVersion | None = None) -> ssl.SSLContext:
+    """A client context that verifies against `ca`; pinned to one protocol version if given.
+    SECLEVEL=0 lets OpenSSL 3 even offer TLS 1.0/1.1, so a refusal is the server's."""
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.load_verify_locations(ca)
+    if version is not None:
+        with warnings.catch_warnings():  # TLSVersion.TLSv1/TLSv1_1 are deprecated names
+            warnings.simplefilter("ignore", DeprecationWarning)
+            ctx.minimum_version = version
+            ctx.maximum_version = version
+        if version < ssl.TLSVersion.TLSv1_2:
+            ctx.set_ciphers("DEFAULT:@SECLEVEL=0")
+    return ctx
+
+
+# -- a small upstream ---------------------------------------------------------------------------
+
+
+class _EchoHandler(http.server.BaseHTTPRequestHandler):
+    """POST/GET anything: answers JSON describing what arrived (method, path, headers, body
+    length, whether it came chunked). GET /big?bytes=N answers N bytes of data. GET /status/N
+    answers status N with a Retry-After of 7."""
+
+    protocol_version = "HTTP/1.1"
+    server: _EchoServer
+
+    def _body(self) -> bytes:
+        if "chunked" in self.headers.get("Transfer-Encoding", ""):
+            parts = []
+            while True:
+                size = int(self.rfile.readline().split(b";")[0], 16)
+                if size == 0:
+                    self.rfile.readline()
+                    return b"".join(parts)
+                parts.append(self.rfile.read(size))
+                self.rfile.readline()
+        return self.rfile.read(int(self.headers.get("Content-Length") or 0))
+
+    def _handle(self) -> None:
+        body = self._body()
+        self.server.requests.append({"path": self.path, "headers": dict(self.headers)})
+        if self.path.startswith("/big"):
+            size = int(self.path.partition("bytes=")[2] or 0)
+            self._send(200, os.urandom(size), "application/octet-stream")
+            return
+        if self.path.startswith("/status/"):
+            self._send(int(self.path.rsplit("/", 1)[1]), b'{"upstream": true}', extra=True)
+            return
+        info = {
+            "method": self.command,
+            "path": self.path,
+            "headers": {k.lower(): v for k, v in self.headers.items()},
+            "body_bytes": len(body),
+        }
+        self._send(200, json.dumps(info).encode())
+
+    def _send(self, status: int, data: bytes, ctype="application/json", extra=False) -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", ctype)
+        self.send_header("Content-Length", str(len(data)))
+        self.send_header("X-Content-Type-Options", "nosniff")
+        if extra:
+            self.send_header("Retry-After", "7")
+        self.end_headers()
+        self.wfile.write(data)
+
+    do_GET = do_POST = do_PUT = _handle
+
+    def log_message(self, format: str, *args: object) -> None:  # quiet
+        pass
+
+
+class _EchoServer(http.server.ThreadingHTTPServer):
+    daemon_threads = True
+    requests: list[dict]
+
+
+@contextlib.contextmanager
+def echo_upstream() -> Iterator[_EchoServer]:
+    """A real HTTP server on 127.0.0.1 standing in for the app (an upstream, not a mock of
+    nginx): it reports what nginx forwarded."""
+    server = _EchoServer(("127.0.0.1", 0), _EchoHandler)
+    server.requests = []
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield server
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+# -- nginx --------------------------------------------------------------------------------------
+
+
+@dataclass
+class Nginx:
+    options: NginxOptions
+    conf: Path
+    error_log: Path
+    access_log: Path
+    proc: subprocess.Popen | None = None
+    https_port: int = 0
+    http_port: int = 0
+
+    @property
+    def temp_dir(self) -> Path:
+        return Path(self.options.runtime_dir) / "temp"
+
+    def pids(self) -> set[int]:
+        """The master and its workers."""
+        assert self.proc is not None
+        pids = {self.proc.pid}
+        children = Path(f"/proc/{self.proc.pid}/task/{self.proc.pid}/children")
+        with contextlib.suppress(OSError):
+            pids |= {int(p) for p in children.read_text().split()}
+        return pids
+
+    def errors(self) -> str:
+        return self.error_log.read_text() if self.error_log.exists() else ""
+
+    def url(self, path: str = "/") -> str:
+        return f"https://localhost:{self.https_port}{path}"
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGQUIT)  # graceful
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+
+
+def start_nginx(
+    directory: Path, tls: TlsFiles, upstreams: Iterable[str], **overrides: object
+) -> Nginx:
+    """Render a config into `directory` with free ports and start nginx in the foreground.
+    The runtime directory (pid, temp paths) is `directory/run`; logs are files beside it."""
+    https_port, http_port = free_port(), free_port()
+    error_log, access_log = directory / "error.log", directory / "access.log"
+    options = NginxOptions(
+        runtime_dir=directory / "run",
+        cert=tls.cert,
+        key=tls.key,
+        https_listen=(f"127.0.0.1:{https_port}",),
+        http_listen=(f"127.0.0.1:{http_port}",),
+        upstreams=tuple(upstreams),
+        static_root=None,
+        access_log=str(access_log),
+        error_log=str(error_log),
+        worker_processes="1",
+    )
+    options = replace(options, **overrides)
+    conf = write_config(options, directory / "nginx.conf")
+    server = Nginx(options, conf, error_log, access_log, https_port=https_port)
+    server.http_port = http_port
+    server.proc = subprocess.Popen(
+        [NGINX, "-e", str(error_log), "-p", str(options.runtime_dir), "-c", str(conf)]
+        + ["-g", "daemon off;"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,  # -e: everything goes to the error log file
+    )
+    try:
+        wait_for_port(https_port, proc=server.proc)
+    except Exception:
+        server.stop()
+        raise RuntimeError(f"nginx did not start:\n{server.errors()}") from None
+    return server
+
+
+SPILL = re.compile(r"buffered to a temporary file|\[(crit|alert|emerg)\]")
+
+
+# -- filesystem watch ---------------------------------------------------------------------------
+
+
+@dataclass
+class DiskWatch:
+    """fatrace (fanotify: every mounted filesystem, with the writing process id) running while
+    requests are served. `writes(pids)` lists the files those processes created or wrote."""
+
+    log: Path
+    proc: subprocess.Popen | None = None
+    events: list[tuple[str, int, str, str]] = field(default_factory=list)
+
+    def start(self, marker_dir: Path) -> None:
+        self.proc = subprocess.Popen(
+            [FATRACE, "-o", str(self.log)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+        )
+        # fatrace says nothing when it is ready: write a marker until it shows up.
+        marker = marker_dir / f"fatrace-ready-{os.getpid()}"
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline:
+            marker.write_text("ready")
+            time.sleep(0.1)
+            if self.log.exists() and marker.name in self.log.read_text(errors="replace"):
+                marker.unlink()
+                return
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"fatrace failed: {self.proc.stderr.read().decode()}")
+        raise TimeoutError("fatrace did not report a marker write within 15 s")
+
+    def stop(self) -> list[tuple[str, int, str, str]]:
+        if self.proc is not None and self.proc.poll() is None:
+            time.sleep(0.3)  # let the last events arrive
+            self.proc.send_signal(signal.SIGINT)
+            self.proc.wait(10)
+        pattern = re.compile(r"^(.*)\((\d+)\): (\S+) +(.*)$")
+        self.events = []
+        for line in self.log.read_text(errors="replace").splitlines():
+            m = pattern.match(line)
+            if m:
+                self.events.append((m.group(1), int(m.group(2)), m.group(3), m.group(4)))
+        return self.events
+
+    def writes(self, pids: set[int], allowed: Iterable[Path] = ()) -> list[str]:
+        """Events by `pids` that create, write or move a file, except on the `allowed` files
+        (the logs). Read-only opens are not listed."""
+        allowed_names = {str(p) for p in allowed}
+        found = []
+        for comm, pid, flags, path in self.events:
+            if pid not in pids or not set(flags) & set("W+>"):
+                continue
+            if path in allowed_names:
+                continue
+            found.append(f"{comm}({pid}): {flags} {path}")
+        return found
+
+
+@contextlib.contextmanager
+def disk_watch(directory: Path) -> Iterator[DiskWatch]:
+    watch = DiskWatch(directory / "fatrace.log")
+    watch.start(directory)
+    try:
+        yield watch
+    finally:
+        watch.stop()
