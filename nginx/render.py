@@ -137,20 +137,48 @@ def _split_host_port(address: str) -> tuple[str, int]:
     return host, int(port)
 
 
-def _security_headers(*, hsts: str, cache_control: str) -> list[str]:
+# The app's security headers for a response that runs nothing (security/headers.py: API_CSP,
+# permissions_policy(camera=False)); repeated here because the edge image has no Flask.
+API_CSP = "default-src 'none'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
+PERMISSIONS_POLICY = ", ".join(
+    f"{feature}=()"
+    for feature in (
+        "accelerometer",
+        "autoplay",
+        "camera",
+        "display-capture",
+        "geolocation",
+        "gyroscope",
+        "magnetometer",
+        "microphone",
+        "midi",
+        "payment",
+        "usb",
+    )
+)
+
+
+def security_headers(*, hsts: str, cache_control: str) -> dict[str, str]:
     """The headers nginx adds to what it serves itself (error pages, static files): the app's
-    security set for a resource that runs nothing, plus HSTS (add_header in a location replaces
-    the server-level list rather than extending it)."""
-    return [
-        f'add_header Strict-Transport-Security "{hsts}" always;',
-        "add_header X-Content-Type-Options nosniff always;",
-        "add_header Referrer-Policy no-referrer always;",
-        "add_header X-Frame-Options DENY always;",
-        "add_header Content-Security-Policy \"default-src 'none'; frame-ancestors 'none'\" always;",
-        "add_header Cross-Origin-Resource-Policy same-origin always;",
-        f'add_header Cache-Control "{cache_control}" always;',
-        "add_header X-Request-ID $request_id always;",
-    ]
+    set plus HSTS, which must be repeated because add_header in a location replaces the
+    server-level list instead of extending it."""
+    return {
+        "Strict-Transport-Security": hsts,
+        "Content-Security-Policy": API_CSP,
+        "X-Content-Type-Options": "nosniff",
+        "Referrer-Policy": "no-referrer",
+        "Permissions-Policy": PERMISSIONS_POLICY,
+        "Cross-Origin-Opener-Policy": "same-origin",
+        "Cross-Origin-Resource-Policy": "same-origin",
+        "X-Frame-Options": "DENY",
+        "X-Permitted-Cross-Domain-Policies": "none",
+        "Cache-Control": cache_control,
+    }
+
+
+def _add_headers(headers: dict[str, str]) -> list[str]:
+    lines = [f'add_header {name} "{value}" always;' for name, value in headers.items()]
+    return [*lines, "add_header X-Request-ID $request_id always;"]
 
 
 def render(options: NginxOptions, template: str | None = None) -> str:
@@ -161,7 +189,7 @@ def render(options: NginxOptions, template: str | None = None) -> str:
     error_headers = [
         "types { }  # the type must not follow the extension of the URI that failed",
         "default_type application/json;",
-        *_security_headers(hsts=hsts, cache_control="no-store"),
+        *_add_headers(security_headers(hsts=hsts, cache_control="no-store")),
     ]
     https_port = options.public_https_port or _split_host_port(options.https_listen[0])[1]
     values = {
@@ -239,7 +267,7 @@ def _http_server(listen: Sequence[str], https_port: int) -> str:
 def _static_location(static_root: Path | None, hsts: str) -> str:
     if static_root is None:
         return "# /static: served by the app (no --static-root)."
-    headers = _security_headers(hsts=hsts, cache_control="no-cache")
+    headers = _add_headers(security_headers(hsts=hsts, cache_control="no-cache"))
     body = [f"alias {static_root}/;", *headers]
     return "location /static/ {\n" + _lines(body, indent=12) + "\n        }"
 

@@ -26,7 +26,14 @@ from pathlib import Path
 import pytest
 import requests
 
-from nginx.render import NginxOptions, RenderError, max_body_bytes_for, render, write_config
+from nginx.render import (
+    NginxOptions,
+    RenderError,
+    max_body_bytes_for,
+    render,
+    security_headers,
+    write_config,
+)
 from tests.deploy_support import (
     SPILL,
     disk_watch,
@@ -95,8 +102,9 @@ def assert_json_error(status, headers, body, *, expected_status: int, code: str)
     assert re.fullmatch(r"[0-9a-f]{32}", payload["error"]["request_id"])
     assert lower["x-request-id"] == payload["error"]["request_id"]
     assert_security_headers(headers)
-    assert lower["cache-control"] == "no-store"
-    assert lower["referrer-policy"] == "no-referrer"
+    hsts = "max-age=63072000; includeSubDomains"
+    for name, value in security_headers(hsts=hsts, cache_control="no-store").items():
+        assert lower[name.lower()] == value, name
     assert "frame-ancestors 'none'" in lower["content-security-policy"]
     return payload
 
