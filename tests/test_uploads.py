@@ -434,3 +434,43 @@ def test_importing_security_caps_opencv_before_any_cv2_import():
         [sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True
     )
     assert done.stdout.split()[0] == "1000"
+
+
+# ------------------------------------------------------------------------------ robustness
+
+
+@pytest.mark.filterwarnings("ignore:Corrupt EXIF data")
+@pytest.mark.parametrize("mime", MIMES)
+def test_mutated_files_only_ever_raise_service_errors(mime):
+    """Seeded random byte flips, cuts and insertions: every outcome is a decoded image or one of
+    the documented errors, never an IndexError or a raw Pillow exception."""
+    rng = np.random.default_rng(sum(mime.encode()))
+    base = samples.sample(mime, samples.noise(40, 30), exif=b"Exif\x00\x00MM\x00*\x00\x00\x00\x08")
+    outcomes = set()
+    for _ in range(150):
+        data = bytearray(base)
+        for _ in range(int(rng.integers(1, 4))):
+            at = int(rng.integers(len(data)))
+            action = rng.random()
+            if action < 0.6:
+                data[at] = int(rng.integers(256))
+            elif action < 0.8:
+                del data[at : at + int(rng.integers(1, 16))]
+            else:
+                data[at:at] = rng.bytes(int(rng.integers(1, 8)))
+        try:
+            load_upload(bytes(data))
+            outcomes.add("ok")
+        except (BadRequest, PayloadTooLarge, UnsupportedMediaType, UnprocessableImage) as exc:
+            outcomes.add(exc.status)
+    assert 422 in outcomes and outcomes <= {"ok", 400, 413, 415, 422}
+
+
+@pytest.mark.parametrize("mime", MIMES)
+def test_corrupt_exif_is_ignored_with_a_warning(mime):
+    data = samples.sample(mime, exif=b"Exif\x00\x00MM\x00*\x00\x00\x00\x08\x00\x05\x01\x12")
+    with pytest.warns(UserWarning, match="Corrupt EXIF"):
+        decoded = load_upload(data)
+    samples.assert_quadrants(
+        decoded.pixels, [samples.RED, samples.GREEN, samples.BLUE, samples.WHITE], 12
+    )
