@@ -120,7 +120,7 @@ def sniff_mime(data: bytes) -> str:
 
 
 def check_upload(
-    data: bytes,
+    data: bytes | bytearray | memoryview,
     *,
     declared_type: str | None = None,
     filename: str | None = None,
@@ -132,11 +132,13 @@ def check_upload(
     pixels), `BadRequest` (400: empty), `UnsupportedMediaType` (415: not JPEG/PNG/WebP, claims
     that disagree, data after the image) or `UnprocessableImage` (422: broken structure).
     """
-    mime, _ = _check(data, declared_type, filename, policy or UploadPolicy())
-    return mime
+    policy = policy or UploadPolicy()
+    return _check(_bytes_within_cap(data, policy), declared_type, filename, policy)
 
 
-def decode_image(data: bytes, *, mime: str, policy: UploadPolicy | None = None) -> DecodedImage:
+def decode_image(
+    data: bytes | bytearray | memoryview, *, mime: str, policy: UploadPolicy | None = None
+) -> DecodedImage:
     """Decode an upload of type `mime` into the RGB working copy (see the module docstring).
 
     Meant for bytes that passed `check_upload`; it walks the container again itself, so nothing
@@ -146,14 +148,14 @@ def decode_image(data: bytes, *, mime: str, policy: UploadPolicy | None = None) 
     if mime not in ALLOWED_MIMES:
         raise ValueError(f"mime must be one of {', '.join(ALLOWED_MIMES)}, not {mime!r}")
     policy = policy or UploadPolicy()
-    _check_bytes(data, policy)
+    data = _bytes_within_cap(data, policy)
     layout = _inspect(data, mime)
     _check_pixels(layout.width, layout.height, policy)
     return _decode(data, mime, policy)
 
 
 def load_upload(
-    data: bytes,
+    data: bytes | bytearray | memoryview,
     *,
     declared_type: str | None = None,
     filename: str | None = None,
@@ -161,8 +163,8 @@ def load_upload(
 ) -> DecodedImage:
     """`check_upload` then decode: the one call the service makes for each upload."""
     policy = policy or UploadPolicy()
-    mime, _ = _check(data, declared_type, filename, policy)
-    return _decode(data, mime, policy)
+    data = _bytes_within_cap(data, policy)
+    return _decode(data, _check(data, declared_type, filename, policy), policy)
 
 
 # --------------------------------------------------------------------------------------------
@@ -171,8 +173,7 @@ def load_upload(
 
 def _check(
     data: bytes, declared_type: str | None, filename: str | None, policy: UploadPolicy
-) -> tuple[str, image_containers.Layout]:
-    _check_bytes(data, policy)
+) -> str:
     sniffed = sniff_mime(data)
     if sniffed not in ALLOWED_MIMES:
         raise UnsupportedMediaType(
@@ -182,16 +183,18 @@ def _check(
     _check_extension(sniffed, filename)
     layout = _inspect(data, sniffed)
     _check_pixels(layout.width, layout.height, policy)
-    return sniffed, layout
+    return sniffed
 
 
-def _check_bytes(data: bytes, policy: UploadPolicy) -> None:
-    if len(data) > policy.max_bytes:
-        raise PayloadTooLarge(
-            f"The upload is {len(data)} bytes; the limit is {policy.max_bytes} bytes."
-        )
-    if not data:
+def _bytes_within_cap(data: bytes | bytearray | memoryview, policy: UploadPolicy) -> bytes:
+    """`data` as bytes (a bytearray or memoryview is copied), after the byte cap and the
+    empty-body check."""
+    size = memoryview(data).nbytes
+    if size > policy.max_bytes:
+        raise PayloadTooLarge(f"The upload is {size} bytes; the limit is {policy.max_bytes} bytes.")
+    if not size:
         raise BadRequest("The upload is empty.")
+    return data if isinstance(data, bytes) else bytes(data)
 
 
 def _check_declared_type(sniffed: str, declared_type: str | None) -> None:
@@ -267,7 +270,8 @@ def _decode(data: bytes, mime: str, policy: UploadPolicy) -> DecodedImage:
             if im.getexif().get(0x0112, 1) in (5, 6, 7, 8):  # Orientation: turned a quarter
                 width, height = height, width
             ImageOps.exif_transpose(im, in_place=True)
-            rgb = _downscale(_to_rgb(im), policy.max_side)
+            # a writeable array owned by the caller, made before `with` closes the image
+            pixels = np.array(_downscale(_to_rgb(im), policy.max_side), dtype=np.uint8)
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
         raise PayloadTooLarge(f"The image is over {policy.max_pixels} pixels.") from None
     except (OSError, SyntaxError, ValueError, EOFError, struct.error, zlib.error) as exc:
@@ -275,7 +279,7 @@ def _decode(data: bytes, mime: str, policy: UploadPolicy) -> DecodedImage:
         detail = str(exc) if _PLAIN_DETAIL.fullmatch(str(exc)) else "damaged or truncated"
         raise UnprocessableImage(f"The {name} image could not be decoded: {detail}.") from exc
     return DecodedImage(
-        pixels=np.array(rgb, dtype=np.uint8),  # writeable, owned by the caller
+        pixels=pixels,
         mime=mime,
         original_size=(width, height),
         bytes_in=len(data),
@@ -308,7 +312,7 @@ def _to_rgb(im: Image.Image) -> Image.Image:
         white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
         white.alpha_composite(rgba)
         return white.convert("RGB")
-    return im.convert("RGB")
+    return im if im.mode == "RGB" else im.convert("RGB")
 
 
 def _downscale(im: Image.Image, max_side: int) -> Image.Image:

@@ -284,6 +284,16 @@ def test_jpeg_with_the_images_its_mpf_index_lists_is_accepted():
     )
 
 
+def test_large_mpo_is_decoded_at_a_reduced_scale_too():
+    first = samples.quadrants(2000, 1000)
+    data = samples.encode(first, "MPO", save_all=True, append_images=[samples.noise(200, 100)])
+    decoded = load_upload(data, policy=UploadPolicy(max_side=400))
+    assert decoded.original_size == (2000, 1000) and decoded.pixels.shape == (200, 400, 3)
+    samples.assert_quadrants(
+        decoded.pixels, [samples.RED, samples.GREEN, samples.BLUE, samples.WHITE], 12
+    )
+
+
 def test_mpf_index_does_not_cover_anything_else():
     data = _mpo()
     with pytest.raises(UnsupportedMediaType):
@@ -408,6 +418,16 @@ def test_policy_validation_and_settings():
     settings = Settings.from_env({"M2FP_MAX_UPLOAD_MB": "2", "M2FP_MAX_SIDE": "640"})
     policy = UploadPolicy.from_settings(settings)
     assert policy == UploadPolicy(max_bytes=2 * 1024 * 1024, max_pixels=40_000_000, max_side=640)
+
+
+def test_bytes_like_bodies_are_accepted():
+    data = samples.sample("image/webp")
+    for body in (bytearray(data), memoryview(data)):
+        assert check_upload(body) == "image/webp"
+        assert load_upload(body).pixels.shape == (48, 64, 3)
+        assert decode_image(body, mime="image/webp").bytes_in == len(data)
+    with pytest.raises(PayloadTooLarge):
+        check_upload(memoryview(data), policy=UploadPolicy(max_bytes=len(data) - 1))
 
 
 def test_decode_image_rejects_a_mime_it_does_not_handle():
