@@ -1,6 +1,6 @@
 """Walk the container of a JPEG, PNG or WebP file without decoding it.
 
-`inspect(data, mime)` follows the structure from the first byte to the end of the image and
+`walk(data, mime)` follows the structure from the first byte to the end of the image and
 returns where the image ends and the size its header declares. It never decompresses anything,
 so it runs in microseconds to a few milliseconds on a 10 MB file and allocates nothing in
 proportion to the declared pixel count. `security.uploads` uses it to refuse bytes appended
@@ -43,7 +43,7 @@ class Broken(ValueError):
     """The format is right but its structure is damaged or truncated."""
 
 
-def inspect(data: bytes, mime: str) -> Layout:
+def walk(data: bytes, mime: str) -> Layout:
     """The layout of the image of type `mime` at the start of `data`."""
     if mime == JPEG:
         return _jpeg(data, 0, len(data), primary=True)
@@ -231,4 +231,4 @@ def _webp_size(kind: bytes, head: bytes) -> tuple[int, int]:
     raise Broken(f"a malformed {kind.decode('ascii').strip()} header")
 
 
-__all__ = ["JPEG", "PNG", "WEBP", "Broken", "Layout", "NotThisFormat", "inspect", "only_zeros"]
+__all__ = ["JPEG", "PNG", "WEBP", "Broken", "Layout", "NotThisFormat", "only_zeros", "walk"]

@@ -142,8 +142,9 @@ def decode_image(
     """Decode an upload of type `mime` into the RGB working copy (see the module docstring).
 
     Meant for bytes that passed `check_upload`; it walks the container again itself, so nothing
-    unchecked reaches Pillow even when called alone. Raises `PayloadTooLarge` (413: pixels),
-    `UnprocessableImage` (422) or `UnsupportedMediaType` (415: data after the image).
+    unchecked reaches Pillow even when called alone. Raises `PayloadTooLarge` (413: bytes or
+    pixels), `BadRequest` (400: empty), `UnprocessableImage` (422) or `UnsupportedMediaType`
+    (415: not this format, data after the image).
     """
     if mime not in ALLOWED_MIMES:
         raise ValueError(f"mime must be one of {', '.join(ALLOWED_MIMES)}, not {mime!r}")
@@ -236,7 +237,7 @@ def _inspect(data: bytes, mime: str) -> image_containers.Layout:
     """Walk the container of `data`, refuse anything after its end, return its layout."""
     name = _NAMES[mime]
     try:
-        layout = image_containers.inspect(data, mime)
+        layout = image_containers.walk(data, mime)
     except image_containers.NotThisFormat as exc:
         raise UnsupportedMediaType(
             f"The upload starts like a {name} image but is not one: {exc}."
@@ -295,7 +296,8 @@ def _pillow_cap(max_pixels: int) -> None:
 
 def _draft(im: Image.Image, max_side: int) -> None:
     """Let libjpeg decode at 1/2, 1/4 or 1/8 scale (DCT scaling) when that still leaves at
-    least `max_side` on the longest side: a 12 MP photo decodes 4x faster and smaller."""
+    least `max_side` on the longest side: a 12 MP photo decodes in about half the time, into
+    a quarter of the memory."""
     width, height = im.size
     scale = max_side / max(width, height)
     if scale <= 0.5:
