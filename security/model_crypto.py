@@ -745,14 +745,7 @@ def atomic_output(
             out.flush()
             os.fchmod(out.fileno(), mode)
             os.fsync(out.fileno())
-        if force:
-            os.replace(tmp, dst)
-        else:
-            try:
-                os.link(tmp, dst)  # fails if dst appeared meanwhile: never clobber
-            except FileExistsError:
-                raise ModelProtectionError(f"{dst} already exists (use --force)") from None
-            os.unlink(tmp)
+        _move_into_place(tmp, dst, force=force)
         dir_fd = os.open(dst.parent, os.O_RDONLY)
         try:
             os.fsync(dir_fd)
@@ -764,8 +757,31 @@ def atomic_output(
         raise
 
 
+def _move_into_place(tmp: Path, dst: Path, *, force: bool) -> None:
+    if force:
+        os.replace(tmp, dst)
+        return
+    try:
+        os.link(tmp, dst)  # fails if dst appeared meanwhile: never clobber
+    except FileExistsError:
+        raise ModelProtectionError(f"{dst} already exists (use --force to replace it)") from None
+    except OSError:  # a file system without hard links: check, then rename
+        if dst.exists():
+            raise ModelProtectionError(
+                f"{dst} already exists (use --force to replace it)"
+            ) from None
+        os.replace(tmp, dst)
+        return
+    os.unlink(tmp)
+
+
 def _default_mode() -> int:
-    umask = os.umask(0)
+    """0o666 less the umask, as for any new file (encrypted output need not be private)."""
+    with contextlib.suppress(OSError, ValueError):
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return 0o666 & ~int(line.split()[1], 8)
+    umask = os.umask(0o077)  # no /proc: read it the racy way
     os.umask(umask)
     return 0o666 & ~umask
 
@@ -775,6 +791,14 @@ def _check_chunk_size(chunk_size: int) -> None:
         raise ModelProtectionError(
             f"chunk size must be {MIN_CHUNK_SIZE}..{MAX_CHUNK_SIZE} bytes, not {chunk_size}"
         )
+
+
+def _check_recipients(recipients: Sequence[Recipient]) -> None:
+    if not 1 <= len(recipients) <= MAX_SLOTS:
+        raise ModelProtectionError(f"an encrypted file has 1..{MAX_SLOTS} keys or recipients")
+    for r in recipients:
+        if not isinstance(r, SecretKey | rsa.RSAPublicKey):
+            raise TypeError(f"not a secret key or RSA public key: {type(r).__name__}")
 
 
 def encrypt_file(
@@ -791,6 +815,7 @@ def encrypt_file(
     refuses if it changed in between. `progress` receives byte counts of both passes."""
     src, dst = Path(src), Path(dst)
     _check_chunk_size(chunk_size)
+    _check_recipients(recipients)
     try:
         length = src.stat().st_size
         sha = bytes.fromhex(sha256_file(src, progress=progress))
@@ -838,6 +863,7 @@ def rewrap_file(
     fast, for adding or replacing recipients when the old key is not compromised.
     """
     src, dst = Path(src), Path(dst)
+    _check_recipients(recipients)
     try:
         fh = src.open("rb")
     except OSError as exc:

@@ -151,7 +151,8 @@ def cmd_encrypt(args: argparse.Namespace) -> int:
             progress=progress,
         )
     print(
-        f"encrypted {src} -> {dst}: {header.plaintext_length} bytes in {header.chunks} chunks,"
+        f"encrypted {src} -> {dst}: {header.plaintext_length} bytes in {header.chunks}"
+        f" chunk{'s' * (header.chunks != 1)},"
         f" key id {_ids(header)}"
     )
     print(f"{mc.SHA256_ENV}={header.sha256}")
