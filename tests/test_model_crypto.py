@@ -7,7 +7,6 @@ import io
 import logging
 import os
 import random
-import tempfile
 from pathlib import Path
 
 import pytest
@@ -483,20 +482,74 @@ def test_key_material_never_in_messages_or_logs(tmp_path, secret, caplog) -> Non
     assert secret.key_id in caplog.text  # the id is logged, the key is not
 
 
-def test_open_weights_writes_nothing_to_disk(tmp_path, secret) -> None:
+def test_open_weights_writes_nothing_to_model_or_key_dir(tmp_path, secret) -> None:
     directory = _encrypt_dir(_model_dir(tmp_path), [secret])
     key_file = _key_file(tmp_path / "k.key", mc.format_secret_key(secret))
-    watched = [directory, tmp_path, Path(tempfile.gettempdir()), Path.cwd()]
-    if Path("/dev/shm").is_dir():
-        watched.append(Path("/dev/shm"))
     writes = inflags.CREATE | inflags.MODIFY | inflags.CLOSE_WRITE | inflags.MOVED_TO
     with INotify() as inotify:
-        for path in watched:
+        for path in (directory, tmp_path):
             inotify.add_watch(path, writes)
         bio = mc.open_weights(directory, key_file=key_file)
         events = inotify.read(timeout=0)
     assert bio.read() == PAYLOAD
     assert events == [], [(e.name, inflags.from_mask(e.mask)) for e in events]
+
+
+# Runs in a fresh interpreter: records every file this process opens for writing (and every
+# rename, link, mkdir, temp file) through Python's audit hooks while open_weights runs, then
+# writes one probe file to show that the hook does see writes.
+_AUDIT_SCRIPT = """
+import json, os, sys
+from security.model_crypto import open_weights
+WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_APPEND | os.O_TRUNC
+EVENTS = {"os.rename", "os.link", "os.symlink", "os.mkdir", "os.truncate", "shutil.copyfile",
+          "tempfile.mkstemp", "tempfile.mkdtemp"}
+seen, active = [], False
+def hook(event, args):
+    if not active:
+        return
+    if event == "open":
+        path, mode, flags = args
+        if (isinstance(mode, str) and set(mode) & set("wax+")) or (flags or 0) & WRITE_FLAGS:
+            seen.append([event, str(path)])
+    elif event in EVENTS:
+        seen.append([event, str(args[0])])
+sys.addaudithook(hook)
+model_dir, key_file, probe = sys.argv[1:]
+active = True
+bio = open_weights(model_dir, key_file=key_file)
+during, seen = seen, []
+with open(probe, "wb") as fh:
+    fh.write(b"probe")
+active = False
+print(json.dumps({"during": during, "probe": seen, "size": len(bio.getbuffer())}))
+"""
+
+
+def test_open_weights_opens_no_file_for_writing(tmp_path, secret) -> None:
+    """Anywhere on disk, not just the watched directories (/tmp is shared with other tests,
+    so a watch there could not tell our writes from theirs)."""
+    import json
+    import subprocess
+    import sys
+
+    directory = _encrypt_dir(_model_dir(tmp_path), [secret])
+    key_file = _key_file(tmp_path / "k.key", mc.format_secret_key(secret))
+    probe = tmp_path / "probe"
+    env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1"}
+    out = subprocess.run(
+        [sys.executable, "-c", _AUDIT_SCRIPT, str(directory), str(key_file), str(probe)],
+        cwd=Path(__file__).resolve().parents[1],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    ).stdout
+    result = json.loads(out)
+    assert result["size"] == len(PAYLOAD)
+    assert result["during"] == []
+    assert result["probe"] == [["open", str(probe)]]  # the hook does see writes
 
 
 def test_failed_decryption_returns_nothing(tmp_path, secret) -> None:
