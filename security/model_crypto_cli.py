@@ -102,6 +102,8 @@ def cmd_keygen(args: argparse.Namespace) -> int:
         print(f"use it with: {mc.KEY_FILE_ENV}={out.resolve()}")
         return 0
     public = Path(args.public_out) if args.public_out else _public_path(out)
+    if public.resolve() == out.resolve():
+        raise mc.ModelProtectionError("the public and private key files must differ")
     if public.exists() and not args.force:
         raise mc.ModelProtectionError(f"{public} already exists (use --force to replace it)")
     key = mc.generate_rsa_key(args.bits)

@@ -10,6 +10,7 @@ import random
 from pathlib import Path
 
 import pytest
+from cryptography.hazmat.primitives.asymmetric import rsa
 from inotify_simple import INotify
 from inotify_simple import flags as inflags
 
@@ -25,7 +26,7 @@ def secret() -> mc.SecretKey:
 
 
 @pytest.fixture(scope="module")
-def rsa_key() -> mc.DecryptionKey:
+def rsa_key() -> rsa.RSAPrivateKey:
     return mc.generate_rsa_key(2048)
 
 
