@@ -8,6 +8,7 @@ fixtures in the test modules wrap these in finalisers).
 from __future__ import annotations
 
 import contextlib
+import http.client
 import http.server
 import json
 import os
@@ -16,6 +17,7 @@ import signal
 import socket
 import ssl
 import subprocess
+import sys
 import threading
 import time
 import warnings
@@ -23,7 +25,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from nginx.render import NginxOptions, write_config
+from nginx.render import NginxOptions, security_headers, write_config
 
 REPO = Path(__file__).resolve().parents[1]
 NGINX = "/usr/sbin/nginx"
@@ -243,6 +245,105 @@ def start_nginx(
 SPILL = re.compile(r"buffered to a temporary file|\[(crit|alert|emerg)\]")
 
 
+# -- requests through nginx ---------------------------------------------------------------------
+
+HSTS = "max-age=63072000; includeSubDomains"
+
+
+def https(edge: Nginx, ca: Path, source: str | None = None) -> http.client.HTTPSConnection:
+    """A connection to nginx's HTTPS port, verified against `ca`, optionally from another
+    loopback address (127.0.0.0/8): a different client as far as nginx and the app know."""
+    return http.client.HTTPSConnection(
+        "localhost",
+        edge.https_port,
+        context=tls_context(ca),
+        timeout=60,
+        source_address=(source, 0) if source else None,
+    )
+
+
+def request(
+    edge, tls, method: str, path: str, body=None, headers=None, *, chunked=False, source=None
+):
+    """One request; returns (status, headers, body)."""
+    conn = https(edge, tls.ca, source)
+    try:
+        conn.request(method, path, body=body, headers=headers or {}, encode_chunked=chunked)
+        response = conn.getresponse()
+        return response.status, dict(response.getheaders()), response.read()
+    finally:
+        conn.close()
+
+
+def post(edge, tls, path: str, body, headers=None, *, chunked=False, source=None):
+    return request(edge, tls, "POST", path, body, headers, chunked=chunked, source=source)
+
+
+def slow_request(
+    edge,
+    tls,
+    method: str,
+    path: str,
+    body: bytes = b"",
+    headers: dict[str, str] | None = None,
+    *,
+    pause_every: int = 16,
+    pause: float = 0.05,
+) -> tuple[int, bytes, int]:
+    """A request over a raw TLS socket whose response is read 64 KiB at a time with pauses (a
+    slow client, small receive buffer): returns (status, head, body bytes received)."""
+    ctx = tls_context(tls.ca)
+    lines = [f"{method} {path} HTTP/1.1", "Host: localhost", f"Content-Length: {len(body)}"]
+    lines += [f"{k}: {v}" for k, v in (headers or {}).items()]
+    with (
+        socket.create_connection(("127.0.0.1", edge.https_port), timeout=60) as raw,
+        ctx.wrap_socket(raw, server_hostname="localhost") as conn,
+    ):
+        conn.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
+        conn.sendall(("\r\n".join(lines) + "\r\n\r\n").encode() + body)
+        received = b""
+        while b"\r\n\r\n" not in received:
+            chunk = conn.recv(65536)
+            assert chunk, "connection closed before the response head"
+            received += chunk
+        head, _, rest = received.partition(b"\r\n\r\n")
+        status = int(head.split()[1])
+        length = int(re.search(rb"(?i)content-length: (\d+)", head).group(1))
+        total, blocks = len(rest), 0
+        while total < length:
+            chunk = conn.recv(65536)
+            assert chunk, "connection closed early"
+            total += len(chunk)
+            blocks += 1
+            if blocks % pause_every == 0:
+                time.sleep(pause)
+        return status, head, total
+
+
+def assert_security_headers(headers: dict[str, str]) -> None:
+    """HSTS from nginx, no version in Server, and the app's nosniff: on every response."""
+    lower = {k.lower(): v for k, v in headers.items()}
+    assert lower["strict-transport-security"] == HSTS
+    assert lower["x-content-type-options"] == "nosniff"
+    assert lower["server"] == "nginx"  # server_tokens off: no version
+
+
+def assert_json_error(status, headers, body, *, expected_status: int, code: str) -> dict:
+    """An error nginx produced itself: JSON in the API's shape, with every header the app
+    would send on an error, HSTS, and its request id."""
+    assert status == expected_status, body[:300]
+    lower = {k.lower(): v for k, v in headers.items()}
+    assert lower["content-type"].startswith("application/json")
+    payload = json.loads(body)
+    assert payload["error"]["code"] == code
+    assert re.fullmatch(r"[0-9a-f]{32}", payload["error"]["request_id"])
+    assert lower["x-request-id"] == payload["error"]["request_id"]
+    assert_security_headers(headers)
+    for name, value in security_headers(hsts=HSTS, cache_control="no-store").items():
+        assert lower[name.lower()] == value, name
+    return payload
+
+
 # -- filesystem watch ---------------------------------------------------------------------------
 
 
@@ -307,3 +408,68 @@ def disk_watch(directory: Path) -> Iterator[DiskWatch]:
         yield watch
     finally:
         watch.stop()
+
+
+# -- gunicorn + the app -------------------------------------------------------------------------
+
+
+@dataclass
+class AppServer:
+    """`gunicorn -c gunicorn.conf.py 'app:create_app()'` on 127.0.0.1, stdout (the audit log)
+    and stderr kept in files."""
+
+    proc: subprocess.Popen
+    port: int
+    stdout: Path
+    stderr: Path
+
+    def pids(self) -> set[int]:
+        """The master and its workers."""
+        pids = {self.proc.pid}
+        children = Path(f"/proc/{self.proc.pid}/task/{self.proc.pid}/children")
+        with contextlib.suppress(OSError):
+            pids |= {int(p) for p in children.read_text().split()}
+        return pids
+
+    def audit(self) -> list[dict]:
+        """The audit log lines so far."""
+        lines = self.stdout.read_text().splitlines()
+        return [json.loads(line) for line in lines if line.startswith("{")]
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
+
+
+def start_app(directory: Path, model_dir: Path, env: dict[str, str]) -> AppServer:
+    """Start gunicorn with the app on a free port; return once /readyz answers 200."""
+    directory.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    full_env = {k: v for k, v in os.environ.items() if not k.startswith("M2FP_")}
+    full_env.update({"M2FP_MODEL_DIR": str(model_dir), "OMP_NUM_THREADS": "1", **env})
+    stdout, stderr = directory / "app.out", directory / "app.err"
+    proc = subprocess.Popen(
+        [str(Path(sys.executable).parent / "gunicorn"), "-c", "gunicorn.conf.py"]
+        + ["-b", f"127.0.0.1:{port}", "--threads", "4", "app:create_app()"],
+        cwd=REPO,
+        env=full_env,
+        stdout=stdout.open("wb"),
+        stderr=stderr.open("wb"),
+    )
+    server = AppServer(proc, port, stdout, stderr)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"gunicorn exited:\n{stderr.read_text()[-3000:]}")
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.5) as s:
+            s.sendall(b"GET /readyz HTTP/1.0\r\nHost: localhost\r\n\r\n")
+            if s.recv(64).startswith(b"HTTP/1.1 200"):
+                return server
+        time.sleep(0.2)
+    server.stop()
+    raise RuntimeError(f"gunicorn not ready in 120 s:\n{stderr.read_text()[-3000:]}")

@@ -31,15 +31,19 @@ from nginx.render import (
     RenderError,
     max_body_bytes_for,
     render,
-    security_headers,
     write_config,
 )
 from tests.deploy_support import (
     SPILL,
+    assert_json_error,
+    assert_security_headers,
     disk_watch,
     echo_upstream,
     free_port,
+    https,
     make_dev_cert,
+    post,
+    slow_request,
     start_nginx,
     tls_context,
 )
@@ -68,45 +72,6 @@ def edge(tmp_path_factory, tls, upstream):
     )
     yield server
     server.stop()
-
-
-def https(edge, ca) -> http.client.HTTPSConnection:
-    return http.client.HTTPSConnection(
-        "localhost", edge.https_port, context=tls_context(ca), timeout=30
-    )
-
-
-def post(edge, tls, path: str, body, headers: dict[str, str] | None = None, chunked=False):
-    conn = https(edge, tls.ca)
-    try:
-        conn.request("POST", path, body=body, headers=headers or {}, encode_chunked=chunked)
-        response = conn.getresponse()
-        return response.status, dict(response.getheaders()), response.read()
-    finally:
-        conn.close()
-
-
-def assert_security_headers(headers: dict[str, str]) -> None:
-    lower = {k.lower(): v for k, v in headers.items()}
-    assert lower["strict-transport-security"] == "max-age=63072000; includeSubDomains"
-    assert lower["x-content-type-options"] == "nosniff"
-    assert lower["server"] == "nginx"  # server_tokens off: no version
-
-
-def assert_json_error(status, headers, body, *, expected_status: int, code: str) -> dict:
-    assert status == expected_status, body[:300]
-    lower = {k.lower(): v for k, v in headers.items()}
-    assert lower["content-type"].startswith("application/json")
-    payload = json.loads(body)
-    assert payload["error"]["code"] == code
-    assert re.fullmatch(r"[0-9a-f]{32}", payload["error"]["request_id"])
-    assert lower["x-request-id"] == payload["error"]["request_id"]
-    assert_security_headers(headers)
-    hsts = "max-age=63072000; includeSubDomains"
-    for name, value in security_headers(hsts=hsts, cache_control="no-store").items():
-        assert lower[name.lower()] == value, name
-    assert "frame-ancestors 'none'" in lower["content-security-policy"]
-    return payload
 
 
 # -- the rendered file --------------------------------------------------------------------------
@@ -466,32 +431,6 @@ def test_chunked_body_one_byte_over_the_cap_gets_json_413(edge, tls):
 # -- nothing on disk ----------------------------------------------------------------------------
 
 
-def slow_get(edge, tls, path: str, *, pause_every: int, pause: float) -> int:
-    """GET over a raw TLS socket, reading 64 KiB at a time and pausing: a slow client."""
-    ctx = tls_context(tls.ca)
-    with (
-        socket.create_connection(("127.0.0.1", edge.https_port), timeout=30) as raw,
-        ctx.wrap_socket(raw, server_hostname="localhost") as conn,
-    ):
-        conn.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
-        conn.sendall(f"GET {path} HTTP/1.1\r\nHost: localhost\r\n\r\n".encode())
-        received, blocks = b"", 0
-        while b"\r\n\r\n" not in received:
-            received += conn.recv(65536)
-        head, _, rest = received.partition(b"\r\n\r\n")
-        assert head.startswith(b"HTTP/1.1 200")
-        length = int(re.search(rb"Content-Length: (\d+)", head).group(1))
-        total = len(rest)
-        while total < length:
-            chunk = conn.recv(65536)
-            assert chunk, "connection closed early"
-            total += len(chunk)
-            blocks += 1
-            if blocks % pause_every == 0:
-                time.sleep(pause)
-        return total
-
-
 def test_bodies_at_the_cap_and_large_responses_never_touch_the_disk(tmp_path, edge, tls, upstream):
     """The acceptance check of the privacy promise at nginx: fatrace (every filesystem, with
     the process id) while nginx takes uploads exactly at the cap, with Content-Length and
@@ -505,7 +444,8 @@ def test_bodies_at_the_cap_and_large_responses_never_touch_the_disk(tmp_path, ed
         chunks = (data[i : i + 16384] for i in range(0, CAP, 16384))
         status, _, body = post(edge, tls, "/api/v1/parse", chunks, chunked=True)
         assert status == 200 and json.loads(body)["body_bytes"] == CAP
-        assert slow_get(edge, tls, f"/big?bytes={big}", pause_every=16, pause=0.05) == big
+        status, _, received = slow_request(edge, tls, "GET", f"/big?bytes={big}")
+        assert status == 200 and received == big
     log = edge.errors()[before:]
     assert not SPILL.search(log), log
     written = watch.writes(edge.pids(), allowed=[edge.access_log, edge.error_log])
