@@ -27,8 +27,9 @@ TEMPLATE = Path(__file__).resolve().with_name("nginx.conf.template")
 DEFAULT_STATIC_ROOT = REPO / "static"
 
 MIB = 1024 * 1024
-# Chunked transfer framing and the last chunk count against the body buffer: a buffer equal to
-# the cap still spills a chunked body of exactly the cap to disk (serving-facts.md 1.2, case C).
+# Chunked transfer framing counts against the body buffer: a buffer equal to the cap still
+# spills a chunked body of exactly the cap (serving-facts.md 1.2, case C). 1 MiB covers chunks
+# of a few hundred bytes and more; smaller ones are refused (write_config: fail closed).
 BODY_BUFFER_HEADROOM = 1 * MIB
 # Room for the JSON envelope (or multipart framing) around a base64 image of the byte cap.
 BODY_ENVELOPE_BYTES = 64 * 1024
@@ -49,7 +50,8 @@ def max_body_bytes_for(max_upload_bytes: int) -> int:
 
 def default_max_body_bytes() -> int:
     """The app's body cap from the environment (`M2FP_MAX_UPLOAD_MB`, default 10)."""
-    sys.path.insert(0, str(REPO))
+    if str(REPO) not in sys.path:
+        sys.path.insert(0, str(REPO))
     from settings import Settings
 
     return max_body_bytes_for(Settings.from_env().max_upload_bytes)

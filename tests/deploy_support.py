@@ -468,7 +468,7 @@ def start_app(directory: Path, model_dir: Path, env: dict[str, str]) -> AppServe
             raise RuntimeError(f"gunicorn exited:\n{stderr.read_text()[-3000:]}")
         with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.5) as s:
             s.sendall(b"GET /readyz HTTP/1.0\r\nHost: localhost\r\n\r\n")
-            if s.recv(64).startswith(b"HTTP/1.1 200"):
+            if s.recv(64).split(b"\r\n")[0].endswith(b" 200 OK"):
                 return server
         time.sleep(0.2)
     server.stop()
