@@ -28,8 +28,9 @@ DEFAULT_STATIC_ROOT = REPO / "static"
 
 MIB = 1024 * 1024
 # Chunked transfer framing counts against the body buffer: a buffer equal to the cap still
-# spills a chunked body of exactly the cap (serving-facts.md 1.2, case C). 1 MiB covers chunks
-# of a few hundred bytes and more; smaller ones are refused (write_config: fail closed).
+# spills a chunked body of exactly the cap (serving-facts.md 1.2, case C). 1 MiB covers the
+# framing of a body at the default cap sent in chunks of 128 bytes or more (measured: 64-byte
+# chunks overflow it); such a body is refused, not written (write_config: fail closed).
 BODY_BUFFER_HEADROOM = 1 * MIB
 # Room for the JSON envelope (or multipart framing) around a base64 image of the byte cap.
 BODY_ENVELOPE_BYTES = 64 * 1024
