@@ -52,7 +52,8 @@ ENV PATH=/opt/venv/bin:$PATH \
 USER 10001:10001
 EXPOSE 8000
 HEALTHCHECK --interval=15s --timeout=5s --start-period=180s --retries=3 \
-    CMD ["python3", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8000/readyz', timeout=4)"]
+    CMD ["python3", "-c", \
+         "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8000/readyz', timeout=4)"]
 CMD ["gunicorn", "-c", "gunicorn.conf.py", "-b", "0.0.0.0:8000", "app:create_app()"]
 
 # -- the edge: Debian's nginx (the version the tests run) and the config renderer ------------------
@@ -69,7 +70,8 @@ FROM debian:bookworm-slim AS edge
 RUN apt-get update \
     && apt-get install -y --no-install-recommends nginx python3 \
     && rm -rf /var/lib/apt/lists/* \
-    && useradd --system --uid 10002 --user-group --home-dir /nonexistent --shell /usr/sbin/nologin m2fp-edge
+    && useradd --system --uid 10002 --user-group --home-dir /nonexistent \
+        --shell /usr/sbin/nologin m2fp-edge
 COPY --from=edge-files /opt/m2fp /opt/m2fp
 ENV M2FP_UPSTREAMS=app:8000 \
     M2FP_PUBLIC_HTTPS_PORT=443 \

@@ -23,6 +23,7 @@ for network in ${M2FP_REAL_IP_FROM:-}; do set -- "$@" --real-ip-from "$network";
 cd "$(dirname "$0")/.."
 python3 -m nginx.render --out "$RUN_DIR/nginx.conf" --runtime-dir "$RUN_DIR" \
   --cert "$M2FP_TLS_CERT" --key "$M2FP_TLS_KEY" \
-  --public-https-port "${M2FP_PUBLIC_HTTPS_PORT:-443}" --static-root "${M2FP_STATIC_ROOT:-/opt/m2fp/static}" \
+  --public-https-port "${M2FP_PUBLIC_HTTPS_PORT:-443}" \
+  --static-root "${M2FP_STATIC_ROOT:-/opt/m2fp/static}" \
   --access-log /dev/stdout --error-log stderr "$@" >/dev/null
 exec /usr/sbin/nginx -e stderr -p "$RUN_DIR" -c "$RUN_DIR/nginx.conf" -g 'daemon off;'
