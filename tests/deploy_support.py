@@ -21,7 +21,7 @@ import sys
 import threading
 import time
 import warnings
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -206,7 +206,11 @@ class Nginx:
 
 
 def start_nginx(
-    directory: Path, tls: TlsFiles, upstreams: Iterable[str], **overrides: object
+    directory: Path,
+    tls: TlsFiles,
+    upstreams: Iterable[str],
+    wrapper: Sequence[str] = (),
+    **overrides: object,
 ) -> Nginx:
     """Render a config into `directory` with free ports and start nginx in the foreground.
     The runtime directory (pid, temp paths) is `directory/run`; logs are files beside it."""
@@ -229,7 +233,7 @@ def start_nginx(
     server = Nginx(options, conf, error_log, access_log, https_port=https_port)
     server.http_port = http_port
     server.proc = subprocess.Popen(
-        [NGINX, "-e", str(error_log), "-p", str(options.runtime_dir), "-c", str(conf)]
+        [*wrapper, NGINX, "-e", str(error_log), "-p", str(options.runtime_dir), "-c", str(conf)]
         + ["-g", "daemon off;"],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,  # -e: everything goes to the error log file
@@ -446,15 +450,18 @@ class AppServer:
                 self.proc.wait(10)
 
 
-def start_app(directory: Path, model_dir: Path, env: dict[str, str]) -> AppServer:
-    """Start gunicorn with the app on a free port; return once /readyz answers 200."""
+def start_app(
+    directory: Path, model_dir: Path, env: dict[str, str], wrapper: Sequence[str] = ()
+) -> AppServer:
+    """Start gunicorn with the app on a free port (inside `wrapper`, e.g. bubblewrap); return
+    once /readyz answers 200."""
     directory.mkdir(parents=True, exist_ok=True)
     port = free_port()
     full_env = {k: v for k, v in os.environ.items() if not k.startswith("M2FP_")}
     full_env.update({"M2FP_MODEL_DIR": str(model_dir), "OMP_NUM_THREADS": "1", **env})
     stdout, stderr = directory / "app.out", directory / "app.err"
     proc = subprocess.Popen(
-        [str(Path(sys.executable).parent / "gunicorn"), "-c", "gunicorn.conf.py"]
+        [*wrapper, str(Path(sys.executable).parent / "gunicorn"), "-c", "gunicorn.conf.py"]
         + ["-b", f"127.0.0.1:{port}", "--threads", "4", "app:create_app()"],
         cwd=REPO,
         env=full_env,
