@@ -25,7 +25,9 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from nginx.render import NginxOptions, security_headers, write_config
+from inotify_simple import INotify, flags
+
+from nginx.render import TEMP_SUBDIRS, NginxOptions, security_headers, write_config
 
 REPO = Path(__file__).resolve().parents[1]
 NGINX = "/usr/sbin/nginx"
@@ -179,6 +181,9 @@ class Nginx:
     @property
     def temp_dir(self) -> Path:
         return Path(self.options.runtime_dir) / "temp"
+
+    def temp_paths(self) -> list[Path]:
+        return [self.temp_dir / sub for sub in TEMP_SUBDIRS]
 
     def pids(self) -> set[int]:
         """The master and its workers."""
@@ -354,11 +359,29 @@ def assert_json_error(status, headers, body, *, expected_status: int, code: str)
 @dataclass
 class DiskWatch:
     """fatrace (fanotify: every mounted filesystem, with the writing process id) running while
-    requests are served. `writes(pids)` lists the files those processes created or wrote."""
+    requests are served. `writes(pids)` lists the files those processes created or wrote.
+    Beside it, inotify on chosen directories (nginx's temp paths): `dir_events` lists anything
+    created, written, moved or deleted there, whoever did it."""
 
     log: Path
     proc: subprocess.Popen | None = None
     events: list[tuple[str, int, str, str]] = field(default_factory=list)
+    inotify: INotify | None = None
+    watched: dict[int, Path] = field(default_factory=dict)
+    dir_events: list[str] = field(default_factory=list)
+
+    def watch_dirs(self, directories: Iterable[Path]) -> None:
+        self.inotify = INotify()
+        mask = (
+            flags.CREATE
+            | flags.MODIFY
+            | flags.CLOSE_WRITE
+            | flags.MOVED_TO
+            | flags.DELETE
+            | flags.OPEN
+        )
+        for directory in directories:
+            self.watched[self.inotify.add_watch(str(directory), mask)] = Path(directory)
 
     def start(self, marker_dir: Path) -> None:
         self.proc = subprocess.Popen(
@@ -382,6 +405,11 @@ class DiskWatch:
             time.sleep(0.3)  # let the last events arrive
             self.proc.send_signal(signal.SIGINT)
             self.proc.wait(10)
+        if self.inotify is not None:
+            for event in self.inotify.read(timeout=0):
+                kinds = ",".join(str(f.name) for f in flags.from_mask(event.mask))
+                self.dir_events.append(f"{self.watched[event.wd] / event.name}: {kinds}")
+            self.inotify.close()
         pattern = re.compile(r"^(.*)\((\d+)\): (\S+) +(.*)$")
         self.events = []
         for line in self.log.read_text(errors="replace").splitlines():
@@ -395,18 +423,19 @@ class DiskWatch:
         (the logs). Read-only opens are not listed."""
         allowed_names = {str(p) for p in allowed}
         found = []
-        for comm, pid, flags, path in self.events:
-            if pid not in pids or not set(flags) & set("W+>"):
+        for comm, pid, kinds, path in self.events:
+            if pid not in pids or not set(kinds) & set("W+>"):
                 continue
             if path in allowed_names:
                 continue
-            found.append(f"{comm}({pid}): {flags} {path}")
+            found.append(f"{comm}({pid}): {kinds} {path}")
         return found
 
 
 @contextlib.contextmanager
-def disk_watch(directory: Path) -> Iterator[DiskWatch]:
+def disk_watch(directory: Path, inotify_dirs: Iterable[Path] = ()) -> Iterator[DiskWatch]:
     watch = DiskWatch(directory / "fatrace.log")
+    watch.watch_dirs(inotify_dirs)
     watch.start(directory)
     try:
         yield watch

@@ -438,7 +438,7 @@ def test_bodies_at_the_cap_and_large_responses_never_touch_the_disk(tmp_path, ed
     data = os.urandom(CAP)
     big = 24 * 1024 * 1024
     before = len(edge.errors())
-    with disk_watch(tmp_path) as watch:
+    with disk_watch(tmp_path, edge.temp_paths()) as watch:
         status, _, body = post(edge, tls, "/api/v1/parse", data, {"Content-Type": "image/png"})
         assert status == 200 and json.loads(body)["body_bytes"] == CAP
         chunks = (data[i : i + 16384] for i in range(0, CAP, 16384))
@@ -450,8 +450,9 @@ def test_bodies_at_the_cap_and_large_responses_never_touch_the_disk(tmp_path, ed
     assert not SPILL.search(log), log
     written = watch.writes(edge.pids(), allowed=[edge.access_log, edge.error_log])
     assert written == []
-    for sub in ("client_body", "proxy"):
-        assert list((edge.temp_dir / sub).iterdir()) == []
+    assert watch.dir_events == []
+    for path in edge.temp_paths():
+        assert list(path.iterdir()) == []
     # the watch itself works: it saw nginx append to its access log
     assert any(
         pid in edge.pids() and "W" in flags and path == str(edge.access_log)
@@ -469,12 +470,35 @@ def test_a_body_that_would_spill_is_refused_rather_than_written(tmp_path, tls, u
         body_buffer_bytes=64 * 1024,
     )
     try:
-        with disk_watch(tmp_path) as watch:
+        with disk_watch(tmp_path, server.temp_paths()) as watch:
             status, headers, body = post(server, tls, "/api/v1/parse", os.urandom(256 * 1024))
         assert_json_error(status, headers, body, expected_status=500, code="internal_error")
         assert "Permission denied" in server.errors()
         assert "buffered to a temporary file" not in server.errors()
         assert watch.writes(server.pids(), allowed=[server.access_log, server.error_log]) == []
+        assert watch.dir_events == []
         assert list((server.temp_dir / "client_body").iterdir()) == []
     finally:
         server.stop()
+
+
+def test_the_disk_watch_sees_a_write_and_who_made_it(tmp_path):
+    """Control for the no-write checks above: a process that writes a file (and one that
+    writes an unlinked O_TMPFILE, as Python's tempfile does) is caught, with its pid."""
+    watched = tmp_path / "watched"
+    watched.mkdir()
+    script = (
+        "import sys, tempfile\n"
+        "open(sys.argv[1] + '/f', 'w').write('x')\n"
+        "anonymous = tempfile.TemporaryFile(dir=sys.argv[1])\n"
+        "anonymous.write(b'y')\n"
+        "anonymous.flush()\n"
+    )
+    with disk_watch(tmp_path, [watched]) as watch:
+        writer = subprocess.Popen([sys.executable, "-c", script, str(watched)])
+        assert writer.wait(30) == 0
+    written = watch.writes({writer.pid})
+    assert any(line.endswith(f"{watched}/f") for line in written), written
+    assert len(written) >= 2  # the named file and the anonymous one
+    assert any("CREATE" in e for e in watch.dir_events)
+    assert any("MODIFY" in e for e in watch.dir_events)
