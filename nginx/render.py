@@ -223,7 +223,7 @@ def render(options: NginxOptions, template: str | None = None) -> str:
             + (
                 ["real_ip_header X-Forwarded-For;", "real_ip_recursive on;"]
                 if options.real_ip_from
-                else []
+                else ["# Clients connect directly (no --real-ip-from load balancer in front)."]
             ),
             indent=4,
         ),
@@ -264,7 +264,7 @@ def _http_server(listen: Sequence[str], https_port: int) -> str:
         f"    return 308 https://$host{suffix}$request_uri;",
         "}",
     ]
-    return "server {\n" + _lines(body, indent=8) + "\n    }"
+    return "server {\n        " + _lines(body, indent=8) + "\n    }"
 
 
 def _static_location(static_root: Path | None, hsts: str) -> str:
@@ -272,7 +272,7 @@ def _static_location(static_root: Path | None, hsts: str) -> str:
         return "# /static: served by the app (no --static-root)."
     headers = _add_headers(security_headers(hsts=hsts, cache_control="no-cache"))
     body = [f"alias {static_root}/;", *headers]
-    return "location /static/ {\n" + _lines(body, indent=12) + "\n        }"
+    return "location /static/ {\n            " + _lines(body, indent=12) + "\n        }"
 
 
 def _lookup(values: dict[str, str], name: str) -> str:
