@@ -40,6 +40,7 @@ HUMAN_SCORE_THR = 0.1  # humans are kept when score > 0.1
 DEFAULT_MEMORY_BUDGET = 512 << 20  # bytes for the float maps of one chunk of queries
 # Working bytes per pixel and query while scoring: the float map, a float product, a bool mask.
 _SCORING_BYTES_PER_PIXEL = 9
+_KEPT_BYTES_PER_PIXEL = 4  # a probability map kept for reuse
 
 
 @dataclass(frozen=True)
@@ -171,8 +172,9 @@ def postprocess_image(
         num_parsing: semantic classes (0..num_parsing-1); Human is class `num_parsing`.
         semantic_score_thr: the model's `parsing_ins_score_thr`.
         topk: (query, class) pairs considered, 100 as ModelScope.
-        memory_budget: bytes for the float maps of one chunk of queries; when every candidate
-            fits, their probability maps are kept and reused instead of recomputed.
+        memory_budget: bytes of float maps to work with: queries are resized in chunks of
+            about this size, and their probability maps are kept for the semantic map and
+            persons when all of them fit in it (else resized again). Peak use is about 1.5x.
     """
     min_prob = min(PART_SCORE_THR, HUMAN_SCORE_THR, semantic_score_thr)
     cand = select_candidates(class_logits, topk=topk, min_prob=min_prob)
@@ -200,15 +202,17 @@ def postprocess_image(
     pasted = {c: js for c, js in pasted.items() if js}
     maps.plan([[rows[j] for j in js] for js in pasted.values()] + [[rows[j] for j in humans]])
 
-    semantic = _semantic_map(list(pasted.items()), scores, maps, output_hw)
-    owner = _person_owner(humans, scores, rows, query_masks, maps, output_hw)
+    work = [torch.empty(output_hw, dtype=torch.float32, device=scores.device) for _ in range(6)]
+    semantic = _semantic_map(list(pasted.items()), scores, maps, work)
+    owner = _person_owner(humans, scores, rows, query_masks, maps, work)
     person_masks, person_parts = _persons(owner, semantic, len(humans), num_parsing)
+    del work
     return ImageParsing(semantic, query_masks, instances, len(parts), person_masks, person_parts)
 
 
 class _QueryMaps:
     """Resizes chosen queries' mask logits to the original size in chunks that fit a budget,
-    keeping the probability maps when all of them fit in one chunk.
+    keeping their probability maps for reuse when all of them fit in the budget.
 
     Row r is `queries[r]`. Index tensors go to the device once (`__init__`, `plan`), so the
     loops below only queue device work.
@@ -229,7 +233,8 @@ class _QueryMaps:
         self.index = torch.tensor(queries, dtype=torch.long).to(mask_logits.device)
         pixels = max(output_hw[0] * output_hw[1], padded_hw[0] * padded_hw[1])
         self.chunk = max(1, memory_budget // (_SCORING_BYTES_PER_PIXEL * pixels))
-        self.cached: torch.Tensor | None = None
+        self.keep = self.num_rows * _KEPT_BYTES_PER_PIXEL * pixels <= memory_budget
+        self.kept: list[torch.Tensor] = []  # the probability maps, chunk by chunk
         self._planned: list[tuple[list[int], torch.Tensor]] = []
 
     def _logits(self, query_index: torch.Tensor) -> torch.Tensor:
@@ -245,16 +250,22 @@ class _QueryMaps:
         for start in range(0, n, self.chunk):
             stop = min(start + self.chunk, n)
             logits = self._logits(self.index[start:stop])
-            torch.gt(logits, 0, out=positive[start:stop])
+            # float arithmetic only (bool operands take slow CPU paths): hits = (logit > 0)
+            hits = torch.clamp(logits, min=0.0).sign_()
+            positive[start:stop].copy_(hits)
+            hits = hits.flatten(1)
+            count = hits.sum(1)
             probs = logits.sigmoid_()
-            mean[start:stop] = mask_mean_sigmoid(probs, positive[start:stop])
-            if n <= self.chunk:
-                self.cached = probs
+            num = hits.mul_(probs.flatten(1)).sum(1)
+            mean[start:stop] = num / (count + 1e-6)  # ModelScope's formula and float32 sums
+            del hits
+            if self.keep:
+                self.kept.append(probs)
         return positive, mean
 
     def plan(self, sequences: list[list[int]]) -> None:
         """Declare the row sequences `probabilities` will be asked for, in that order."""
-        if self.cached is not None:
+        if self.keep:
             self._planned = [(rows, torch.empty(0)) for rows in sequences]
             return
         flat = torch.tensor([r for rows in sequences for r in rows], dtype=torch.long)
@@ -267,9 +278,9 @@ class _QueryMaps:
     def probabilities(self) -> Iterator[torch.Tensor]:
         """The sigmoid (H, W) maps of the next planned sequence, one at a time, in order."""
         rows, rows_dev = self._planned.pop(0)
-        if self.cached is not None:
+        if self.keep:
             for r in rows:
-                yield self.cached[r]
+                yield self.kept[r // self.chunk][r % self.chunk]
             return
         for start in range(0, len(rows), self.chunk):
             yield from self._logits(self.index[rows_dev[start : start + self.chunk]]).sigmoid_()
@@ -279,28 +290,43 @@ def _semantic_map(
     pasted: list[tuple[int, list[int]]],
     scores: torch.Tensor,
     maps: _QueryMaps,
-    output_hw: tuple[int, int],
+    work: list[torch.Tensor],
 ) -> torch.Tensor:
     """uint8 (H, W) argmax over the class maps, built one class at a time: a running max and
-    argmax replace the stacked maps (strict `>` keeps the lowest id on ties, as argmax does)."""
-    device = scores.device
-    best = torch.zeros(output_hw, dtype=torch.float32, device=device)
-    label = torch.zeros(output_hw, dtype=torch.uint8, device=device)
+    argmax replace the stacked maps (strict `>` keeps the lowest id on ties, as argmax does).
+
+    Pure float arithmetic (bool masks and `where` are slow on the CPU), exact to the last bit:
+    a pasted value is `threshold(sigmoid · score, 0.5, 0)`, a class map is the sum of its
+    pasted values over their count, and class maps are 0 or above 0.5, so `sign(relu(map -
+    best))` is exactly `map > best`.
+    """
+    best, label, total, times, value, step = work
+    best.zero_()
+    label.zero_()
     for c, order in pasted:
-        total = torch.zeros(output_hw, dtype=torch.float32, device=device)
-        times = torch.zeros(output_hw, dtype=torch.float32, device=device)
-        for j, probs in zip(order, maps.probabilities(), strict=True):
-            value = probs * scores[j]
-            hit = value > 0.5
-            total += value.mul_(hit)  # adding 0 where not pasted leaves the sum unchanged
-            times += hit
-        class_map = total.div_(times.clamp_(min=1.0))
+        class_map = None
+        for k, (j, probs) in enumerate(zip(order, maps.probabilities(), strict=True)):
+            torch.mul(probs, scores[j], out=value)
+            F.threshold_(value, 0.5, 0.0)  # v if v > 0.5 else 0: ModelScope's paste
+            if len(order) == 1:
+                class_map = value
+                break
+            if k == 0:
+                total.copy_(value)
+                torch.sign(value, out=times)
+            else:
+                total.add_(value)
+                times.add_(torch.sign(value, out=step))
+        if class_map is None:
+            class_map = total.div_(times.clamp_(min=1.0))
         if c == 0:
-            best = class_map
+            best.copy_(class_map)
             continue
-        label.masked_fill_(class_map > best, c)
+        # label = c where class_map > best; labels so far are < c, so a max does it
+        torch.sub(class_map, best, out=step).relu_().sign_().mul_(c)
+        torch.maximum(label, step, out=label)
         torch.maximum(best, class_map, out=best)
-    return label
+    return label.to(torch.uint8)
 
 
 def _person_owner(
@@ -309,34 +335,35 @@ def _person_owner(
     rows: list[int],
     query_masks: torch.Tensor,
     maps: _QueryMaps,
-    output_hw: tuple[int, int],
+    work: list[torch.Tensor],
 ) -> torch.Tensor:
-    """(H, W) map of person ids (1.. in `humans` order, 0 = nobody).
+    """float (H, W) map of person ids (1.. in `humans` order, 0 = nobody).
 
     A pixel inside several human masks goes to the human with the highest `sigmoid(mask) ·
     score` there (the value ModelScope pastes for the semantic map), ties to the higher score.
     """
-    device = scores.device
-    dtype = torch.uint8 if len(humans) < 256 else torch.int32
-    owner = torch.zeros(output_hw, dtype=dtype, device=device)
-    best = torch.zeros(output_hw, dtype=torch.float32, device=device)
+    best, owner, value, step = work[:4]
+    best.zero_()
+    owner.zero_()
     for rank, (j, probs) in enumerate(zip(humans, maps.probabilities(), strict=True), 1):
-        value = probs * scores[j]
-        # inside the mask value > 0.5 · 0.1 > 0 = best's start, so each mask pixel is owned
-        wins = query_masks[rows[j]] & (value > best)
-        owner.masked_fill_(wins, rank)
-        best = torch.where(wins, value, best)
+        torch.mul(probs, scores[j], out=value)
+        value.mul_(step.copy_(query_masks[rows[j]]))  # 0 outside the mask, > 0.05 inside
+        # owner = rank where value > best: ranks so far are < rank, so a max does it
+        torch.sub(value, best, out=step).relu_().sign_().mul_(rank)
+        torch.maximum(owner, step, out=owner)
+        torch.maximum(best, value, out=best)
     return owner
 
 
 def _persons(
     owner: torch.Tensor, semantic: torch.Tensor, num_persons: int, num_parsing: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """bool (P, H, W) person masks and int64 (P, num_parsing) semantic pixel counts in each."""
+    """bool (P, H, W) person masks and int64 (P, num_parsing) semantic pixel counts in each,
+    from the float owner map."""
     ids = torch.arange(1, num_persons + 1, device=owner.device, dtype=owner.dtype)
     masks = owner[None] == ids[:, None, None]
     # (persons + 1) x classes bins; row 0 counts the pixels no person owns
-    flat = owner.to(torch.int32) * num_parsing + semantic.to(torch.int32)
+    flat = owner.to(torch.int32).mul_(num_parsing).add_(semantic)
     counts = torch.bincount(flat.flatten(), minlength=(num_persons + 1) * num_parsing)
     return masks, counts.view(num_persons + 1, num_parsing)[1:]
 

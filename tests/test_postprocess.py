@@ -123,18 +123,22 @@ def _synthetic(seed: int, queries: int, padded_hw: tuple[int, int]) -> tuple[tor
 
 SIZES = [
     # padded, resized, original
-    ((64, 96), (61, 83), (61, 83)),
-    ((640, 896), (640, 871), (61, 83)),  # upsampled pipeline input, small original
-    ((864, 640), (853, 640), (1280, 960)),  # original larger than the model input
-    ((640, 960), (640, 941), (300, 441)),
+    ((64, 96), (61, 83), (61, 83)),  # native: no resize
+    ((160, 224), (160, 218), (61, 83)),  # the pipeline enlarged a small image
+    ((192, 128), (181, 128), (272, 192)),  # the original is larger than the model input
+    ((128, 192), (128, 188), (100, 147)),
 ]
 
 
-@pytest.mark.parametrize("budget", [512 << 20, 3 << 20, TINY_BUDGET])
+@pytest.mark.parametrize("chunk", [None, 3, 1], ids=["kept", "chunks-of-3", "one-by-one"])
 @pytest.mark.parametrize(("padded", "resized", "original"), SIZES)
 def test_equals_the_full_computation(
-    padded: tuple[int, int], resized: tuple[int, int], original: tuple[int, int], budget: int
+    padded: tuple[int, int], resized: tuple[int, int], original: tuple[int, int], chunk: int
 ) -> None:
+    """Every path: all maps resized at once and kept, or resized in chunks (a budget for 3 or
+    1 query at a time, too small to keep them) and resized again for the semantic map."""
+    pixels = max(original[0] * original[1], padded[0] * padded[1])
+    budget = 512 << 20 if chunk is None else 9 * pixels * chunk
     class_logits, mask_logits = _synthetic(sum(original), 40, padded)
     parsed = postprocess_image(
         class_logits,
