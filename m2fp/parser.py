@@ -123,7 +123,8 @@ class Parser:
         batch_size: most images per forward in `parse_batch`.
         weights: a file object with the checkpoint, when `model` is a directory whose weights
             come from elsewhere (e.g. decrypted in memory).
-        memory_budget: bytes the post-processing may use for one chunk of float mask maps.
+        memory_budget: bytes of full-size float maps the post-processing works with (see
+            `m2fp.postprocess.postprocess_image`); lower it for very large images.
     """
 
     def __init__(
@@ -151,7 +152,7 @@ class Parser:
         self.max_size = max_size
         self.batch_size = batch_size
         self.memory_budget = memory_budget
-        cfg = model.config
+        cfg = getattr(model, "config", None)
         self.num_parsing = cfg.num_parsing if cfg is not None else NUM_CLASSES
         self.semantic_score_thr = cfg.parsing_ins_score_thr if cfg is not None else 0.3
         self.size_divisibility = model.size_divisibility

@@ -37,7 +37,7 @@ import torch.nn.functional as F
 TOPK_PER_IMAGE = 100  # ModelScope's hard-coded test_topk_per_image
 PART_SCORE_THR = 0.1  # parts are kept when score >= 0.1
 HUMAN_SCORE_THR = 0.1  # humans are kept when score > 0.1
-DEFAULT_MEMORY_BUDGET = 512 << 20  # bytes for the float maps of one chunk of queries
+DEFAULT_MEMORY_BUDGET = 512 << 20  # bytes of full-size float maps (see postprocess_image)
 # Working bytes per pixel and query while scoring: the float map, a float product, a bool mask.
 _SCORING_BYTES_PER_PIXEL = 9
 _KEPT_BYTES_PER_PIXEL = 4  # a probability map kept for reuse
@@ -141,14 +141,6 @@ def upsample_mask_logits(
     return F.interpolate(x, size=output_hw, mode="bilinear", align_corners=False)[0]
 
 
-def mask_mean_sigmoid(probs: torch.Tensor, positive: torch.Tensor) -> torch.Tensor:
-    """ModelScope's mask score: (n, H, W) sigmoid maps, (n, H, W) bool `logit > 0` →
-    (n,) sum of probs over the positive pixels / (their count + 1e-6)."""
-    num = (probs * positive).flatten(1).sum(1)
-    den = positive.flatten(1).sum(1).to(probs.dtype) + 1e-6
-    return num / den
-
-
 def postprocess_image(
     class_logits: torch.Tensor,
     mask_logits: torch.Tensor,
@@ -188,18 +180,17 @@ def postprocess_image(
     scores = cand.probs * mean_sigmoid[rows_dev]
     host = scores.cpu().tolist()  # the second and last wait for the device
 
-    parts = [j for j, c in enumerate(cand.labels) if 0 < c < num_parsing and host[j] >= 0.1]
-    humans = [j for j, c in enumerate(cand.labels) if c == num_parsing and host[j] > 0.1]
+    labels = cand.labels
+    parts = [j for j, c in enumerate(labels) if 0 < c < num_parsing and host[j] >= PART_SCORE_THR]
+    humans = [j for j, c in enumerate(labels) if c == num_parsing and host[j] > HUMAN_SCORE_THR]
     parts.sort(key=lambda j: -host[j])
     humans.sort(key=lambda j: -host[j])
-    instances = [InstanceRef(cand.labels[j], host[j], rows[j]) for j in parts + humans]
-    # ModelScope pastes each class's instances in ascending score order (float sums depend on it)
-    pasted = {
-        c: sorted((j for j, cj in enumerate(cand.labels) if cj == c), key=lambda j: host[j])
-        for c in range(num_parsing)
-    }
-    pasted = {c: [j for j in js if host[j] >= semantic_score_thr] for c, js in pasted.items()}
-    pasted = {c: js for c, js in pasted.items() if js}
+    instances = [InstanceRef(labels[j], host[j], rows[j]) for j in parts + humans]
+    pasted: dict[int, list[int]] = {}  # class → its instances in the semantic map
+    for j in sorted(range(len(cand)), key=lambda j: host[j]):  # ascending: ModelScope's order
+        if labels[j] < num_parsing and host[j] >= semantic_score_thr:
+            pasted.setdefault(labels[j], []).append(j)
+    pasted = dict(sorted(pasted.items()))
     maps.plan([[rows[j] for j in js] for js in pasted.values()] + [[rows[j] for j in humans]])
 
     work = [torch.empty(output_hw, dtype=torch.float32, device=scores.device) for _ in range(6)]
