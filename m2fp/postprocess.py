@@ -288,8 +288,8 @@ def _semantic_map(
 
     Pure float arithmetic (bool masks and `where` are slow on the CPU), exact to the last bit:
     a pasted value is `threshold(sigmoid · score, 0.5, 0)`, a class map is the sum of its
-    pasted values over their count, and class maps are 0 or above 0.5, so `sign(relu(map -
-    best))` is exactly `map > best`.
+    pasted values over their count, and since maps are 0 or near 0.5 and above, their
+    differences never underflow: `sign(relu(map - best))` is exactly `map > best`.
     """
     best, label, total, times, value, step = work
     best.zero_()
