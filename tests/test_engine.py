@@ -321,6 +321,28 @@ def test_engine_queue_full_and_on_batch() -> None:
     eng.close()
 
 
+def test_engine_model_errors_reach_the_caller_and_the_engine_carries_on() -> None:
+    model = make_tiny_model(0)
+    fail = threading.Event()
+
+    def maybe_fail(m: torch.nn.Module, args: tuple) -> None:
+        if fail.is_set():
+            raise RuntimeError("out of memory (simulated in the forward)")
+
+    model.register_forward_pre_hook(maybe_fail)
+    eng = InferenceEngine(model=model, device="cpu", warmup=False, parser_options=NATIVE)
+    eng.start()
+    image = _images()[3]
+    fail.set()
+    with pytest.raises(RuntimeError, match="out of memory"):
+        eng.parse(image, timeout=60)
+    with pytest.raises(RuntimeError, match="out of memory"):
+        eng.predict([image])
+    fail.clear()
+    assert eng.ready and eng.parse(image, timeout=60).semantic.shape == image.shape[:2]
+    eng.close()
+
+
 def test_engine_loads_a_directory_with_a_weights_callable(tiny_model_dir: Path) -> None:
     opened: list[io.BytesIO] = []
 
