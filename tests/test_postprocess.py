@@ -101,7 +101,7 @@ def test_stored_logits_give_modelscope_outputs(name: str, budget: int) -> None:
         assert score == pytest.approx(ref["score"], abs=1e-5)
         differ = mask.numpy() != ref["mask"].numpy()
         assert not (differ & ~_fragile_mask(case, ref["query"])).any()
-    parts = [i for i in parsed.instances[: parsed.num_parts]]
+    parts = parsed.instances[: parsed.num_parts]
     assert all(0 < i.category_id < 20 for i in parts)
     assert all(i.category_id == 20 for i in parsed.humans)
     fragile = np.zeros(hw, dtype=bool)
