@@ -254,7 +254,7 @@ class Parser:
 
 
 def _to_result(parsed: ImageParsing) -> ParsingResult:
-    """Device tensors → numpy result (the one transfer per image)."""
+    """Device tensors → the numpy result (masks are copied to the host once, not per instance)."""
     query_masks = parsed.query_masks.cpu().numpy()
     instances = [
         Instance(category_id=i.category_id, score=i.score, mask=query_masks[i.mask_row])
