@@ -33,7 +33,7 @@ from limits.storage import Storage
 from security.errors import BadRequest, Banned, Forbidden, Unauthorized
 from settings import Settings, SettingsError
 
-log = logging.getLogger("m2fp.abuse")
+log = logging.getLogger("security.abuse")
 MAX_KEY_LENGTH = 256
 
 
@@ -126,7 +126,8 @@ class BanList:
             return False
         self.storage.incr(f"m2fp-ban/{subject}", self.ban_s)
         self.storage.clear(f"m2fp-strikes/{subject}")
-        log.warning("ban: %s for %d s after %d invalid uploads", subject, self.ban_s, strikes)
+        # Who: the audit line of this request, in the client form the operator chose.
+        log.warning("a client is banned for %d s after %d invalid uploads", self.ban_s, strikes)
         return True
 
 

@@ -28,13 +28,17 @@ PROTECTED_ENDPOINTS = ("api.parse",)
 
 
 def configure_logging() -> None:
-    """The operator log: `m2fp.*` records at INFO and above on stderr (the audit log, on
-    stdout, is configured by `security.audit`)."""
-    logger = logging.getLogger("m2fp")
-    if not logger.handlers:
-        handler = audit.CurrentStream("stderr")
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-        logger.addHandler(handler)
+    """The operator log: records of `m2fp.*` (model, engine, service) and `security.*`
+    (weights decryption, abuse control) at INFO and above on stderr. The audit log, on stdout,
+    is `security.audit`'s own logger and does not propagate here."""
+    for name in ("m2fp", "security"):
+        logger = logging.getLogger(name)
+        if not any(isinstance(h, audit.CurrentStream) for h in logger.handlers):
+            handler = audit.CurrentStream("stderr")
+            handler.setFormatter(
+                logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
+            )
+            logger.addHandler(handler)
         logger.setLevel(logging.INFO)
         logger.propagate = False
 
@@ -65,11 +69,7 @@ def init_app(app: Flask, settings: Settings, *, engine: Any = None, model: Any =
     runtime = ModelRuntime(engine)
     service = ParseService(
         runtime=runtime,
-        policy=UploadPolicy(
-            max_bytes=settings.max_upload_bytes,
-            max_pixels=settings.max_pixels,
-            max_side=settings.max_side,
-        ),
+        policy=UploadPolicy.from_settings(settings),
         memory=MemoryGuard(settings.memory_shed_fraction, default_probe(limit)),
         metrics=metrics,
     )

@@ -113,9 +113,9 @@ class ModelRuntime:
 def _expected(exc: Exception) -> bool:
     """Configuration problems whose message says everything (no traceback needed)."""
     from m2fp.checkpoint import CheckpointError, ModelDirError
-    from security.model_crypto import ModelIntegrityError, ModelKeyError
+    from security.model_crypto import ModelProtectionError
 
-    known = (CheckpointError, ModelDirError, ModelIntegrityError, ModelKeyError, OSError)
+    known = (CheckpointError, ModelDirError, ModelProtectionError, OSError)
     return isinstance(exc, known)
 
 
