@@ -15,6 +15,7 @@ supervisor or load balancer watching /readyz keeps traffic away; fix the model a
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from collections.abc import Callable
@@ -67,9 +68,25 @@ class ModelRuntime:
 
     def __init__(self, engine: Any) -> None:
         self.engine = engine
-        self.state = LOADING
+        self._state = LOADING
+        self._pid = os.getpid()
+        self._fork_reported = False
         self._done = threading.Event()
         self._thread: threading.Thread | None = None
+
+    @property
+    def state(self) -> str:
+        """loading | ready | failed. A process forked after `create_app` (gunicorn
+        --preload) has neither the loading thread nor the engine's batch thread: failed."""
+        if os.getpid() != self._pid:
+            if not self._fork_reported:
+                self._fork_reported = True
+                log.error(
+                    "this process was forked after the app was created (gunicorn --preload?):"
+                    " the model must load in each worker; run gunicorn without --preload"
+                )
+            return FAILED
+        return self._state
 
     def start(self) -> None:
         if self._thread is None:
@@ -83,7 +100,7 @@ class ModelRuntime:
         except Exception as exc:
             # Any failure to load is reported, never swallowed: the operator log says why, the
             # state makes /readyz and parses answer 503.
-            self.state = FAILED
+            self._state = FAILED
             log.error(
                 "model failed to load, the service is not ready: %s: %s",
                 type(exc).__name__,
@@ -91,7 +108,7 @@ class ModelRuntime:
                 exc_info=not _expected(exc),
             )
         else:
-            self.state = READY
+            self._state = READY
             log.info(
                 "model ready in %.1f s (device %s, %s)",
                 time.perf_counter() - started,

@@ -32,6 +32,8 @@ class Gunicorn:
         *,
         workers: int = 1,
         wrapper: Sequence[str] = (),
+        extra_args: Sequence[str] = (),
+        wait_ready: bool = True,
         ready_timeout: float = 120.0,
     ) -> None:
         command = [
@@ -45,6 +47,7 @@ class Gunicorn:
             str(workers),
             "--threads",
             "4",
+            *extra_args,
             "app:create_app()",
         ]
         full_env = {k: v for k, v in os.environ.items() if not k.startswith("M2FP_")}
@@ -73,7 +76,10 @@ class Gunicorn:
         for reader in self._readers:
             reader.start()
         try:
-            self._wait_ready(workers, ready_timeout)
+            if wait_ready:
+                self._wait_ready(workers, ready_timeout)
+            elif not self._port_found.wait(ready_timeout):
+                raise RuntimeError("gunicorn did not start:\n" + self.logs())
         except BaseException:
             self.stop()
             raise

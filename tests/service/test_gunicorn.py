@@ -22,6 +22,7 @@ import secrets
 import shutil
 import tempfile
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -272,3 +273,27 @@ def test_rate_limit_across_two_workers(tmp_path, tiny_model_dir, storage):
             server.stop()
         if redis:
             redis.stop()
+
+
+def test_preload_is_refused_loudly(tiny_model_dir):
+    """With --preload the app (and its loading thread) is created in the master and the
+    workers are forks without the engine's threads: they must say so, not hang."""
+    env = {"M2FP_MODEL_DIR": str(tiny_model_dir)}
+    server = Gunicorn(env, extra_args=["--preload"], wait_ready=False)
+    try:
+        deadline = time.monotonic() + 60
+        while "Booting worker" not in server.logs() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        r = requests.get(server.url + "/readyz", timeout=10)
+        assert r.status_code == 503
+        assert r.json()["error"]["code"] == "not_ready"
+        r = requests.post(
+            server.url + PARSE, data=images.png(), timeout=10, headers={"Content-Type": "image/png"}
+        )
+        assert r.status_code == 503
+        deadline = time.monotonic() + 10
+        while "without --preload" not in server.logs() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert "without --preload" in server.logs()
+    finally:
+        server.stop()
