@@ -1,5 +1,5 @@
 """What a parse needs besides HTTP: admission (readiness, memory), upload validation with ban
-strikes, inference through the engine's queue, rendering. One instance per app, in
+strikes, inference through the engine's queue. One instance per app, in
 `app.extensions["m2fp_service"]`; the engine itself is `app.extensions["m2fp"]`."""
 
 from __future__ import annotations

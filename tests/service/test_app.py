@@ -3,12 +3,14 @@ settings keep uploads off the disk and CUDA out of the master."""
 
 from __future__ import annotations
 
+import io
 import runpy
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from flask import request
 from gunicorn.config import Config
 
 from app import create_app
@@ -52,34 +54,26 @@ def test_json_allowance_covers_base64_of_the_cap():
 
 def test_file_parts_stay_in_memory(app):
     """Werkzeug would spool a file part over 500 KB to a temporary file; ours stays BytesIO."""
-    import io
-
     big = b"\x89PNG" + b"\0" * 2_000_000
-    body, boundary = _multipart(big)
-    with app.test_request_context(
-        "/api/v1/parse",
-        method="POST",
-        input_stream=io.BytesIO(body),
-        content_type=f"multipart/form-data; boundary={boundary}",
-        content_length=len(body),
-    ):
-        from flask import request
-
-        stream = request.files["image"].stream
-        assert isinstance(stream, io.BytesIO)
-        assert stream.getvalue() == big
+    kind, value = _parsed_file(app, big)
+    assert kind is io.BytesIO
+    assert value == big
 
 
 def test_file_parts_are_not_cut_by_the_form_field_allowance(app):
     """A CR at the end of werkzeug's first 64 KiB read stays in the decoder's buffer; the
     next read must still fit MAX_FORM_MEMORY_SIZE (a 64 KiB allowance answered 413)."""
-    import io
-
     head, boundary = _multipart(b"")
     head = head[: head.index(b"\r\n--" + boundary.encode() + b"--")]
     data = bytearray(b"\x89PNG" + b"\0" * 300_000)
     data[64 * 1024 - len(head) - 1] = ord("\r")
-    body, boundary = _multipart(bytes(data))
+    assert _parsed_file(app, bytes(data))[1] == bytes(data)
+
+
+def _parsed_file(app, data: bytes) -> tuple[type, bytes]:
+    """(stream type, content) of the `image` part, parsed from a real stream (the test
+    client would spool the body itself)."""
+    body, boundary = _multipart(data)
     with app.test_request_context(
         "/api/v1/parse",
         method="POST",
@@ -87,9 +81,8 @@ def test_file_parts_are_not_cut_by_the_form_field_allowance(app):
         content_type=f"multipart/form-data; boundary={boundary}",
         content_length=len(body),
     ):
-        from flask import request
-
-        assert request.files["image"].stream.getvalue() == bytes(data)
+        stream = request.files["image"].stream
+        return type(stream), stream.getvalue()
 
 
 def _multipart(data: bytes) -> tuple[bytes, str]:
