@@ -120,6 +120,11 @@ def init_app(app: Any, *, client_mode: str, hash_key: str | None) -> AuditLog:
     from web.context import request_id
 
     audit = AuditLog(client_mode=client_mode, hash_key=hash_key)
+    if client_mode == "hash" and not hash_key:
+        logging.getLogger("security.audit").warning(
+            "M2FP_AUDIT_CLIENT=hash without M2FP_AUDIT_HASH_KEY: client hashes use a random key"
+            " of this process and will not match across workers or restarts"
+        )
 
     @app.after_request
     def _audit(response: Any) -> Any:

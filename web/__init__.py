@@ -92,7 +92,8 @@ def _count_requests(app: Flask, metrics: ServiceMetrics) -> None:
     def _count(response: Response) -> Response:
         route = request.url_rule.rule if request.url_rule is not None else "<unmatched>"
         metrics.requests.labels(route, request.method, str(response.status_code)).inc()
-        metrics.latency.labels(route).observe(time.perf_counter() - g.get("started", 0.0))
+        started = g.get("started", time.perf_counter())
+        metrics.latency.labels(route).observe(time.perf_counter() - started)
         if response.status_code >= 400:
             metrics.rejections.labels(g.get("error_code", f"http_{response.status_code}")).inc()
         return response
