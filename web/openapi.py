@@ -232,7 +232,7 @@ def _schemas() -> dict[str, Any]:
         },
         "Person": {
             "type": "object",
-            "required": ["id", "score", "bbox", "parts"],
+            "required": ["id", "score", "bbox", "area", "parts", "part_pixels"],
             "properties": {
                 "id": integer,
                 "score": {"type": "number"},
@@ -243,7 +243,13 @@ def _schemas() -> dict[str, Any]:
                     "maxItems": 4,
                     "description": "x, y, width, height (COCO).",
                 },
+                "area": {"type": "integer", "description": "Pixels of the person's mask."},
                 "parts": {"type": "array", "items": integer},
+                "part_pixels": {
+                    "type": "object",
+                    "description": "Class id (as a string) → pixels of that class in the person.",
+                    "additionalProperties": integer,
+                },
                 "mask": _ref("Mask"),
             },
         },

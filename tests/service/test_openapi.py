@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import re
 
+import pytest
+from openapi_schema_validator import OAS31Validator
 from openapi_spec_validator import validate
 
+from tests.service import images
 from web.options import PARAMETERS
 
 IGNORED_METHODS = {"HEAD", "OPTIONS"}
@@ -44,3 +47,28 @@ def test_parse_documents_every_option_and_error(client):
         "image/jpeg",
         "image/webp",
     } <= set(operation["requestBody"]["content"])
+
+
+def _validator(document: dict, name: str) -> OAS31Validator:
+    schema = {"$ref": f"#/components/schemas/{name}", "components": document["components"]}
+    return OAS31Validator(schema)
+
+
+@pytest.mark.parametrize(
+    "query",
+    ["output=json", "output=json&mask_format=png&include_overlay=true", "instances=false"],
+)
+def test_real_responses_match_their_schemas(client, query):
+    document = client.get("/api/v1/openapi.json").get_json()
+    r = client.post(
+        f"/api/v1/parse?{query}",
+        data=images.png(),
+        content_type="image/png",
+        headers={"Accept": "application/json"},
+    )
+    assert r.status_code == 200
+    _validator(document, "ParseResult").validate(r.get_json())
+    error = client.post("/api/v1/parse", data=images.TEXT, content_type="image/png")
+    _validator(document, "Error").validate(error.get_json())
+    for person in r.get_json()["persons"]:
+        assert set(person) <= set(document["components"]["schemas"]["Person"]["properties"])
