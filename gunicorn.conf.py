@@ -1,18 +1,29 @@
 """gunicorn settings: `gunicorn -c gunicorn.conf.py 'app:create_app()'`.
 
-Command-line flags win over this file (`-b 127.0.0.1:8001`, `--threads 16`). The master imports
-nothing of the app and never touches CUDA: no preload, the model loads in each worker (a fork of
-a CUDA-initialised process cannot use CUDA). One worker holds one model; scale with `threads`
-(requests waiting on the engine's batch queue) and with more gunicorn instances (one per GPU,
-`CUDA_VISIBLE_DEVICES=i`), each on its own port behind nginx. Metrics are per worker process.
+Command-line flags win over this file (`-b 127.0.0.1:8001`, `--threads 16`). The master reads
+the settings (a malformed M2FP_* variable stops it at once, not each worker) but imports nothing
+of the app and never touches CUDA: no preload, the model loads in each worker (a fork of a
+CUDA-initialised process cannot use CUDA). One worker holds one model; scale with more gunicorn
+instances (one per GPU, `CUDA_VISIBLE_DEVICES=i`), each on its own port behind nginx. Metrics
+are per worker process.
 """
 
+import os
 import resource
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from settings import Settings  # noqa: E402 - light: no torch, no Flask
+
+_settings = Settings.from_env()
 
 bind = ["127.0.0.1:8000"]  # loopback: nginx in front terminates TLS
 worker_class = "gthread"
 # workers: gunicorn's default, $WEB_CONCURRENCY or 1.
-threads = 8
+# Enough threads for a full engine (M2FP_QUEUE_MAX waiting + M2FP_BATCH_MAX running) and a few
+# more for decoding and the other routes: the engine's bounded queue, not gunicorn's unbounded
+# thread-pool backlog, is where overload shows (503 + Retry-After instead of growing latency).
+threads = _settings.queue_max + _settings.batch_max + 4
 preload_app = False
 # The heartbeat file in RAM: nothing on disk, and it works under a read-only root.
 worker_tmp_dir = "/dev/shm"

@@ -113,10 +113,14 @@ def test_gunicorn_settings():
     assert settings["preload_app"] is False
     assert settings["control_socket_disable"] is True
     assert settings["accesslog"] is None
+    assert settings["threads"] == 16 + 4 + 4  # M2FP_QUEUE_MAX + M2FP_BATCH_MAX + 4
     unknown = {
         name
         for name, value in settings.items()
-        if not name.startswith("_") and not callable(value) and not isinstance(value, type(sys))
+        if not name.startswith("_")
+        and not callable(value)
+        and not isinstance(value, type(sys))
+        and not isinstance(value, type)
     } - set(known)
     assert unknown == set()
 
