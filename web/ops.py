@@ -37,7 +37,11 @@ def readyz() -> Response:
 @bp.get("/metrics")
 def metrics() -> Response:
     allow = current_app.extensions["m2fp_metrics_allow"]
-    if not allow.allows(request.remote_addr):
+    settings = current_app.extensions["m2fp_settings"]
+    # Forwarded by a proxy we do not trust (nginx in front, M2FP_TRUSTED_PROXIES=0): the peer
+    # is the proxy, the real client unknown. Refuse rather than let the world in via nginx.
+    forwarded = "X-Forwarded-For" in request.headers and not settings.trusted_proxies
+    if forwarded or not allow.allows(request.remote_addr):
         raise Forbidden("Metrics are not available from this address.")
     service = current_app.extensions["m2fp_service"]
     return Response(service.metrics.exposition(), content_type=service.metrics.content_type)

@@ -45,6 +45,10 @@ def test_default_allow_is_loopback_and_proxy_headers_count(make_app):
     proxied = make_app(trusted_proxies=1).test_client()
     r = proxied.get("/metrics", headers={"X-Forwarded-For": "192.0.2.1"})
     assert r.status_code == 403
+    assert proxied.get("/metrics", headers={"X-Forwarded-For": "127.0.0.1"}).status_code == 200
+    # A forwarded request while no proxy is trusted: the origin is unknown, refused.
+    r = client.get("/metrics", headers={"X-Forwarded-For": "127.0.0.1"})
+    assert r.status_code == 403
 
 
 def test_counters_after_requests(app):
