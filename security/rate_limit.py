@@ -54,14 +54,16 @@ def client_bucket(address: str | None) -> str:
 def presented_key(headers: Mapping[str, str]) -> str | None:
     """The API key a request carries, or None.
 
+    Other Authorization schemes (`Basic` from an nginx `auth_basic` in front...) are not ours
+    and are ignored.
+
     Raises:
-        BadRequest: an Authorization header that is not `Bearer <key>`, or two different keys.
+        BadRequest: `Authorization: Bearer` without a key, or two different keys.
     """
     keys = []
-    auth = headers.get("Authorization")
-    if auth is not None:
-        scheme, _, token = auth.strip().partition(" ")
-        if scheme.lower() != "bearer" or not token.strip():
+    scheme, _, token = headers.get("Authorization", "").strip().partition(" ")
+    if scheme.lower() == "bearer":
+        if not token.strip():
             raise BadRequest("The Authorization header must be 'Bearer <API key>'.")
         keys.append(token.strip())
     header_key = headers.get("X-API-Key")

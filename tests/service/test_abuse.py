@@ -157,15 +157,19 @@ def test_both_key_headers_and_each_key_its_own_limit(keyed):
 
 @pytest.mark.parametrize(
     "headers",
-    [
-        {"Authorization": "Basic dXNlcjpwYXNz"},
-        {"Authorization": "Bearer"},
-        {"Authorization": "Bearer a", "X-API-Key": "b"},
-    ],
+    [{"Authorization": "Bearer"}, {"Authorization": "Bearer a", "X-API-Key": "b"}],
 )
 def test_malformed_key_headers_are_400(keyed, headers):
     client, _ = keyed
     assert parse(client, headers=headers).status_code == 400
+
+
+def test_other_authorization_schemes_are_not_keys(keyed):
+    # e.g. nginx auth_basic in front passes its Authorization header on.
+    client, keys = keyed
+    basic = {"Authorization": "Basic dXNlcjpwYXNz"}
+    assert parse(client, headers=basic).status_code == 401
+    assert parse(client, headers={**basic, "X-API-Key": keys["batch"]}).status_code == 200
 
 
 def test_keys_optional_when_not_required(make_app, tmp_path):
@@ -182,8 +186,9 @@ def test_presented_key():
     assert presented_key({"Authorization": "bearer abc"}) == "abc"
     assert presented_key({"X-API-Key": " abc "}) == "abc"
     assert presented_key({"Authorization": "Bearer abc", "X-API-Key": "abc"}) == "abc"
+    assert presented_key({"Authorization": "Basic dXNlcjpwYXNz"}) is None
     with pytest.raises(BadRequest):
-        presented_key({"Authorization": "Token abc"})
+        presented_key({"Authorization": "Bearer "})
 
 
 # --- bans ------------------------------------------------------------------------------------
