@@ -166,6 +166,42 @@ def test_byte_cap_is_413_for_every_form(make_app):
     assert client.post(PARSE, json={"image": base64.b64encode(fits).decode()}).status_code == 200
 
 
+def chunked(client, data: bytes, content_type: str):
+    """A body without Content-Length, as gunicorn presents a chunked request."""
+    return client.post(
+        PARSE,
+        input_stream=io.BytesIO(data),
+        content_type=content_type,
+        headers={"Transfer-Encoding": "chunked"},  # werkzeug then ignores the Content-Length
+        environ_overrides={"wsgi.input_terminated": True},
+    )
+
+
+def test_byte_cap_is_413_for_chunked_bodies_too(make_app):
+    """Werkzeug stops reading a chunked body at the limit without saying so: the cut image
+    must not turn into a 422 (and a ban strike) but a 413."""
+    app = make_app(max_upload_mb=0.05, rate_limit="1000 per minute", ban_after=1)
+    client = app.test_client()
+    cap = app.extensions["m2fp_settings"].max_upload_bytes
+    fits, over = images.padded_png(cap), images.padded_png(cap + 1)
+    assert chunked(client, fits, "image/png").status_code == 200
+    assert_error(chunked(client, over, "image/png"), 413)
+    body = json.dumps({"image": base64.b64encode(images.padded_png(cap + 4000)).decode()})
+    assert_error(chunked(client, body.encode() + b" " * 70_000, "application/json"), 413)
+    boundary = "b0undary"
+    form = (
+        (
+            f'--{boundary}\r\nContent-Disposition: form-data; name="image"; filename="a.png"\r\n'
+            f"Content-Type: image/png\r\n\r\n"
+        ).encode()
+        + images.padded_png(cap + 70_000)
+        + f"\r\n--{boundary}--\r\n".encode()
+    )
+    assert_error(chunked(client, form, f"multipart/form-data; boundary={boundary}"), 413)
+    # None of these counted as an invalid upload (ban_after=1 would have banned).
+    assert chunked(client, fits, "image/png").status_code == 200
+
+
 def test_pixel_cap_is_413(client):
     error = assert_error(client.post(PARSE, data=images.bomb_png(), content_type="image/png"), 413)
     assert error["code"] == "payload_too_large"

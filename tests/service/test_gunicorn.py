@@ -83,6 +83,12 @@ def uploads(url: str, canary: str) -> list[tuple[str, int, requests.Response]]:
         params={"output": "cutout", "classes": "1,2,5"},
         headers={"Content-Type": "image/jpeg"},
     )
+    post(
+        "raw, chunked, one byte over the cap",
+        413,
+        data=chunked(images.padded_png(CAP + 1)),
+        headers={"Content-Type": "image/png"},
+    )
     post("pixel bomb", 413, data=images.bomb_png(), headers={"Content-Type": "image/png"})
     post(
         "truncated", 422, files={"image": (f"{canary}.jpg", images.truncated_jpeg(), "image/jpeg")}
