@@ -380,17 +380,16 @@ def download_model(
         if len(sha256) != 64 or any(c not in "0123456789abcdef" for c in sha256):
             raise DownloadError("--sha256 must be 64 hexadecimal digits")
     directory = Path(dest)
-    try:
-        directory.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise DownloadError(f"cannot create {directory}: {exc.strerror or exc}") from exc
-
     with requests.Session() as session:
         session.headers["User-Agent"] = USER_AGENT
         listing = fetch_listing(session, endpoint, model_id, revision)
         missing = [name for name in files if name not in listing]
         if missing:
             raise DownloadError(f"{model_id}@{revision} has no {', '.join(missing)}")
+        try:
+            directory.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise DownloadError(f"cannot create {directory}: {exc.strerror or exc}") from exc
         fetch = [name for name in files if force or not (directory / name).is_file()]
         _check_free_space(directory, [listing[name] for name in fetch])
 
