@@ -268,6 +268,7 @@ def test_mask_rle_round_trip(kind: str) -> None:
     assert json.loads(json.dumps(rle)) == rle
     decoded = coco_mask.decode({"size": rle["size"], "counts": rle["counts"].encode()})
     np.testing.assert_array_equal(decoded.astype(bool), mask)
+    np.testing.assert_array_equal(coco_mask.decode(json.loads(json.dumps(rle))), decoded)
     assert coco_mask.area({"size": rle["size"], "counts": rle["counts"].encode()}) == mask.sum()
     np.testing.assert_array_equal(_expand_runs(_decode_coco_string(rle["counts"]), 23, 41), mask)
 
