@@ -14,8 +14,12 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from m2fp.engine import InferenceEngine
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -97,7 +101,13 @@ def add_parse_command(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--device",
         default="auto",
-        help="auto (CUDA when available, else CPU), cpu, cuda or cuda:N",
+        help="auto (CUDA when available, else CPU), cpu, cuda or cuda:N (auto)",
+    )
+    p.add_argument(
+        "--precision",
+        choices=("auto", "fp32", "fp16", "bf16"),
+        default="auto",
+        help="auto: fp16 on CUDA, fp32 on the CPU; fp16 needs CUDA (auto)",
     )
     p.set_defaults(func=run_parse)
 
@@ -129,21 +139,6 @@ def read_image(path: Path) -> np.ndarray:
     return rgb
 
 
-def resolve_device(name: str) -> str:
-    """'auto' → 'cuda' when CUDA is available, else 'cpu'; other names are checked by torch."""
-    import torch
-
-    if name == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    try:
-        device = torch.device(name)
-    except RuntimeError as exc:
-        raise ValueError(f"unknown device {name!r}") from exc
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {name!r} requested but CUDA is not available")
-    return str(device)
-
-
 def _write(path: Path, data: bytes | str) -> None:
     """Write through a temporary name and rename, so an output is complete or absent."""
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
@@ -168,33 +163,55 @@ def _output_stems(images: Sequence[Path]) -> list[str] | str:
     return stems
 
 
-def run_parse(args: argparse.Namespace) -> int:
-    from m2fp.build import load_model
+def _start_engine(args: argparse.Namespace) -> InferenceEngine | int:
+    """The started engine, or the exit status after printing why it cannot start."""
     from m2fp.checkpoint import CheckpointError
-    from m2fp.export import result_to_json
-    from m2fp.parser import Parser
-    from m2fp.render import cutout, encode_image, label_map_png, overlay
+    from m2fp.engine import InferenceEngine
 
+    start = time.perf_counter()
+    try:
+        # The service's engine, used directly (predict, no queue): same device and precision
+        # rules as M2FP_DEVICE / M2FP_PRECISION.
+        engine = InferenceEngine(
+            args.model_dir, device=args.device, precision=args.precision, warmup=False
+        )
+        engine.start()
+    except CheckpointError as exc:  # ModelDirError included
+        _error(f"cannot load the model: {exc}")
+        return EXIT_MODEL
+    except (ValueError, RuntimeError) as exc:  # device or precision unusable here
+        _error(str(exc))
+        return EXIT_USAGE
+    dtype = str(engine.dtype).removeprefix("torch.")
+    seconds = time.perf_counter() - start
+    print(f"model loaded on {engine.device} ({dtype}) in {seconds:.1f} s", file=sys.stderr)
+    return engine
+
+
+def run_parse(args: argparse.Namespace) -> int:
     stems = _output_stems(args.images)
     if isinstance(stems, str):
         _error(stems)
-        return EXIT_USAGE
-    try:
-        device = resolve_device(args.device)
-    except ValueError as exc:
-        _error(str(exc))
         return EXIT_USAGE
     try:
         args.out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         _error(f"cannot create output directory {args.out}: {exc.strerror or exc}")
         return EXIT_FAILED
+    engine = _start_engine(args)
+    if isinstance(engine, int):
+        return engine
     try:
-        model = load_model(args.model_dir, device=device)
-    except CheckpointError as exc:  # ModelDirError included
-        _error(f"cannot load the model: {exc}")
-        return EXIT_MODEL
-    parser = Parser(model, device=device)
+        return _parse_all(args, engine, stems)
+    finally:
+        engine.close()
+
+
+def _parse_all(args: argparse.Namespace, engine: InferenceEngine, stems: list[str]) -> int:
+    import json
+
+    from m2fp.export import result_to_json
+    from m2fp.render import cutout, encode_image, label_map_png, overlay
 
     failed = 0
     total = len(args.images)
@@ -207,7 +224,7 @@ def run_parse(args: argparse.Namespace) -> int:
             print(f"{prefix}: error: {exc}", file=sys.stderr)
             failed += 1
             continue
-        result = parser.parse(image)
+        result = engine.predict([image])[0]
         outputs = {
             f"{stem}_overlay.{args.format}": encode_image(
                 overlay(image, result.semantic, alpha=args.alpha, classes=args.classes),
@@ -220,8 +237,6 @@ def run_parse(args: argparse.Namespace) -> int:
                 cutout(image, result.semantic, args.cutout)
             )
         if args.json:
-            import json
-
             doc = result_to_json(result, image, mask_format=args.mask_format, alpha=args.alpha)
             outputs[f"{stem}.json"] = json.dumps(doc, separators=(",", ":")) + "\n"
         try:
@@ -232,10 +247,10 @@ def run_parse(args: argparse.Namespace) -> int:
             failed += 1
             continue
         height, width = result.semantic.shape
+        parts = int(np.count_nonzero(np.bincount(result.semantic.ravel())[1:]))
         print(
-            f"{prefix}: {width}x{height}, {len(result.persons)} person(s), "
-            f"{int(np.count_nonzero(np.bincount(result.semantic.ravel())))} classes, "
-            f"{time.perf_counter() - start:.2f} s -> {', '.join(outputs)}",
+            f"{prefix}: {width}x{height}, {len(result.persons)} person(s), {parts} part "
+            f"classes, {time.perf_counter() - start:.2f} s -> {', '.join(outputs)}",
             file=sys.stderr,
         )
     if failed:

@@ -14,7 +14,7 @@ from PIL import Image
 
 from m2fp import render
 from m2fp.cli import EXIT_FAILED, EXIT_MODEL, EXIT_USAGE, main, read_image
-from m2fp.parser import Parser
+from m2fp.parser import Parser, ParsingResult
 from tests.conftest import REPO
 
 
@@ -39,6 +39,13 @@ def images(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     return paths
 
 
+@pytest.fixture(scope="module")
+def walk(tiny_model_dir: Path, images: dict[str, Path]) -> tuple[np.ndarray, ParsingResult]:
+    """walk.png and the library's own result for it, to compare the CLI's outputs with."""
+    image = read_image(images["png"])
+    return image, Parser(tiny_model_dir).parse(image)
+
+
 def _run(*args: str | Path) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "m2fp", *map(str, args)],
@@ -50,7 +57,10 @@ def _run(*args: str | Path) -> subprocess.CompletedProcess[str]:
 
 
 def test_parse_writes_overlay_labels_and_json(
-    tiny_model_dir: Path, images: dict[str, Path], tmp_path: Path
+    tiny_model_dir: Path,
+    images: dict[str, Path],
+    walk: tuple[np.ndarray, ParsingResult],
+    tmp_path: Path,
 ) -> None:
     out = tmp_path / "out"
     proc = _run(
@@ -59,16 +69,17 @@ def test_parse_writes_overlay_labels_and_json(
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr
     lines = proc.stderr.strip().splitlines()
-    assert len(lines) == 2 and lines[0].startswith(f"[1/2] {images['png']}: 84x60, ")
-    assert lines[1].startswith(f"[2/2] {images['jpg']}: 70x90, ")
+    assert len(lines) == 3 and lines[0].startswith("model loaded on cpu (float32) in ")
+    assert lines[1].startswith(f"[1/2] {images['png']}: 84x60, ")
+    assert lines[2].startswith(f"[2/2] {images['jpg']}: 70x90, ")
+    assert lines[2].endswith("-> street_overlay.png, street_labels.png, street.json")
     assert sorted(p.name for p in out.iterdir()) == [
         "street.json", "street_labels.png", "street_overlay.png",
         "walk.json", "walk_labels.png", "walk_overlay.png",
     ]  # fmt: skip
 
     # The outputs are those of the library on the same image.
-    image = read_image(images["png"])
-    result = Parser(tiny_model_dir).parse(image)
+    image, result = walk
     labels = Image.open(out / "walk_labels.png")
     assert labels.mode == "P"
     np.testing.assert_array_equal(np.asarray(labels), result.semantic)
@@ -82,13 +93,15 @@ def test_parse_writes_overlay_labels_and_json(
 
 
 def test_parse_options_in_process(
-    tiny_model_dir: Path, images: dict[str, Path], tmp_path: Path
+    tiny_model_dir: Path,
+    images: dict[str, Path],
+    walk: tuple[np.ndarray, ParsingResult],
+    tmp_path: Path,
 ) -> None:
     args = ["parse", str(images["png"]), "--model-dir", str(tiny_model_dir), "--out", str(tmp_path)]
     extra = ["--format", "webp", "--classes", "2,5", "--cutout", "13", "--json"]
     assert main([*args, *extra, "--mask-format", "png"]) == 0
-    image = read_image(images["png"])
-    result = Parser(tiny_model_dir).parse(image)
+    image, result = walk
     webp = Image.open(tmp_path / "walk_overlay.webp")
     assert webp.format == "WEBP"
     expected = render.overlay(image, result.semantic, alpha=0.6, classes=[2, 5])
@@ -152,7 +165,14 @@ def test_corrupt_model_dir(
 
 @pytest.mark.parametrize(
     "extra",
-    [["--alpha", "1.5"], ["--alpha", "x"], ["--classes", "2,25"], ["--device", "tpu"]],
+    [
+        ["--alpha", "1.5"],
+        ["--alpha", "x"],
+        ["--classes", "2,25"],
+        ["--device", "tpu"],
+        ["--device", "cpu", "--precision", "fp16"],
+        ["--precision", "fp8"],
+    ],
 )
 def test_bad_options_are_usage_errors(
     extra: list[str], tiny_model_dir: Path, images: dict[str, Path]
