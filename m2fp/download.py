@@ -19,6 +19,7 @@ file `{endpoint}/api/v1/models/{model_id}/repo?Revision={rev}&FilePath={path}`.
 from __future__ import annotations
 
 import errno
+import fcntl
 import hashlib
 import os
 import sys
@@ -26,7 +27,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 from urllib.parse import quote, urlencode, urlsplit
 
 import requests
@@ -217,7 +218,10 @@ def _open_range(
     raise _http_error(url, response, f"downloading {name}")
 
 
-def _write_stream(response: requests.Response, fh: BinaryIO, part: Path, digest, bar: tqdm) -> None:
+def _write_stream(
+    response: requests.Response, fh: BinaryIO, part: Path, digest: Any, bar: tqdm
+) -> None:
+    """Append the body to `fh`, feeding `digest` (a hashlib object) and the progress bar."""
     try:
         for block in response.iter_content(CHUNK):
             view = memoryview(block)
@@ -250,97 +254,132 @@ def download_file(
         expected: the hub's size and SHA-256 of the file, when known.
         pinned_sha256: a SHA-256 the file must have (checked as well as the hub's).
         retries: further attempts after a dropped connection, each resuming where it stopped.
-        progress: show a tqdm bar on stderr.
+        progress: show a tqdm bar on stderr (when it is a terminal).
 
     Returns:
         The file's SHA-256 (hex).
 
     Raises:
-        DownloadError: HTTP/network error after the retries, disk full, size or hash mismatch
-            (a mismatching `.part` is deleted; nothing is left under the final name).
+        DownloadError: HTTP/network error after the retries, disk full, another process
+            downloading the same file, size or hash mismatch (a mismatching `.part` is
+            deleted; nothing is ever left under the final name).
     """
     part = target.with_name(target.name + PART_SUFFIX)
-    expected_size = expected.size if expected else None
+    try:
+        # Unbuffered, so no buffer is left to fail on close when the disk is full.
+        fh = part.open("ab", buffering=0)
+    except OSError as exc:
+        raise _disk_error(part, exc) from exc
+    with fh:
+        try:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise DownloadError(f"another download is writing {part}") from None
+        try:
+            digest = _download_with_retries(session, url, fh, part, expected, retries, progress)
+        except DownloadError:
+            if part.is_file() and os.fstat(fh.fileno()).st_size == 0:
+                part.unlink()  # nothing to resume from
+            raise
+        _verify(part, fh, expected, pinned_sha256, digest)
+        try:
+            os.fsync(fh.fileno())
+            os.replace(part, target)
+            _fsync_dir(target.parent)
+        except OSError as exc:
+            raise _disk_error(target, exc) from exc
+    return digest
+
+
+def _download_with_retries(
+    session: requests.Session,
+    url: str,
+    fh: BinaryIO,
+    part: Path,
+    expected: RemoteFile | None,
+    retries: int,
+    progress: bool,
+) -> str:
     attempt = 0
     while True:
-        before = part.stat().st_size if part.is_file() else 0
+        before = os.fstat(fh.fileno()).st_size
         try:
-            digest = _download_attempt(session, url, part, expected_size, progress)
-            break
+            return _download_attempt(session, url, fh, part, expected, progress)
         except DownloadError as exc:
             # Retry a connection that broke after bringing bytes; a server that cannot be
             # reached, an HTTP error or a full disk will not get better in a few seconds.
-            after = part.stat().st_size if part.is_file() else 0
-            dropped = isinstance(exc.__cause__, requests.RequestException) and after > before
-            if not dropped or attempt >= retries:
+            grew = os.fstat(fh.fileno()).st_size > before
+            if not (isinstance(exc.__cause__, requests.RequestException) and grew):
                 raise
+            if attempt >= retries:
+                raise DownloadError(f"{exc} (resume with the same command)") from exc
             attempt += 1
-            print(f"{target.name}: {exc}; retrying ({attempt}/{retries})", file=sys.stderr)
-            time.sleep(min(2**attempt, 30) * 0.5)
+            name = part.name.removesuffix(PART_SUFFIX)
+            print(f"{name}: {exc}; resuming ({attempt}/{retries})", file=sys.stderr)
+            time.sleep(0.5 * 2 ** (attempt - 1))
 
-    size = part.stat().st_size
-    checks = [("the hub's size", expected_size, size)]
-    if expected and expected.sha256:
-        checks.append(("the hub's SHA-256", expected.sha256, digest))
-    if pinned_sha256:
-        checks.append(("the pinned SHA-256", pinned_sha256.lower(), digest))
+
+def _verify(
+    part: Path, fh: BinaryIO, expected: RemoteFile | None, pinned: str | None, digest: str
+) -> None:
+    """Check size and hashes; a mismatching `.part` is deleted (resuming it cannot help)."""
+    name = part.name.removesuffix(PART_SUFFIX)
+    hub = expected or RemoteFile(name)
+    checks = [
+        ("the hub's size", hub.size, os.fstat(fh.fileno()).st_size),
+        ("the hub's SHA-256", hub.sha256, digest),
+        ("the pinned SHA-256", pinned.lower() if pinned else None, digest),
+    ]
     for what, want, got in checks:
         if want is not None and want != got:
             part.unlink(missing_ok=True)
             raise DownloadError(
-                f"{target.name} does not match {what} (expected {want}, got {got}); "
+                f"{name} does not match {what} (expected {want}, got {got}); "
                 "the download was discarded"
             )
-    try:
-        with part.open("rb+") as fh:
-            os.fsync(fh.fileno())
-        os.replace(part, target)
-        _fsync_dir(target.parent)
-    except OSError as exc:
-        raise _disk_error(target, exc) from exc
-    return digest
 
 
 def _download_attempt(
-    session: requests.Session, url: str, part: Path, expected_size: int | None, progress: bool
+    session: requests.Session,
+    url: str,
+    fh: BinaryIO,
+    part: Path,
+    expected: RemoteFile | None,
+    progress: bool,
 ) -> str:
-    """One GET (ranged when `part` has bytes); appends to `part`; returns the hex SHA-256 of
-    the complete file."""
-    have = part.stat().st_size if part.is_file() else 0
+    """One GET (ranged when `part` has bytes) appending to `fh` (the open, locked `part`);
+    returns the hex SHA-256 of the complete file."""
+    name = part.name.removesuffix(PART_SUFFIX)
+    expected_size = expected.size if expected else None
+    have = os.fstat(fh.fileno()).st_size
     if expected_size is not None and have > expected_size:
-        part.unlink()  # longer than the file: not a prefix of it
+        fh.truncate(0)  # longer than the file: not a prefix of it
         have = 0
-    digest = hashlib.sha256()
-    if expected_size is not None and have == expected_size:
+    if expected_size is not None and have == expected_size and have:
         return sha256_file(part)  # a previous run got every byte
-    response, start, total = _open_range(session, url, part.name[: -len(PART_SUFFIX)], have)
-    if response.status_code == 200 and have:
-        print(f"{part.name}: server ignored the resume request; starting over", file=sys.stderr)
-    mode = "ab" if start else "wb"
-    try:
-        fh = part.open(mode, buffering=0)  # no buffer left to fail on close (disk full)
-    except OSError as exc:
-        response.close()
-        raise _disk_error(part, exc) from exc
-    with fh:
-        if start:
-            with part.open("rb") as old:
-                while block := old.read(CHUNK):
-                    digest.update(block)
-        size = total if total is not None else expected_size
-        with tqdm(
-            total=size,
-            initial=start,
-            unit="B",
-            unit_scale=True,
-            unit_divisor=1024,
-            desc=part.name.removesuffix(PART_SUFFIX),
-            file=sys.stderr,
-            disable=None if progress else True,  # None: only on a terminal
-            leave=False,
-        ) as bar:
-            _write_stream(response, fh, part, digest, bar)
-    got = part.stat().st_size
+    response, start, total = _open_range(session, url, name, have)
+    digest = hashlib.sha256()
+    if start == 0 and have:
+        print(f"{name}: the server sends the whole file again; starting over", file=sys.stderr)
+        fh.truncate(0)
+    elif start:
+        with part.open("rb") as old:
+            while block := old.read(CHUNK):
+                digest.update(block)
+    size = total if total is not None else expected_size
+    with tqdm(
+        total=size,
+        initial=start,
+        unit="B",
+        unit_scale=True,
+        unit_divisor=1024,
+        desc=name,
+        file=sys.stderr,
+        disable=None if progress else True,  # None: only on a terminal
+        leave=False,
+    ) as bar:
+        _write_stream(response, fh, part, digest, bar)
+    got = os.fstat(fh.fileno()).st_size
     if size is not None and got < size:
         # The server closed the connection early without an error from requests.
         raise DownloadError(

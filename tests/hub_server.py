@@ -27,6 +27,7 @@ class HubState:
     corrupt: bool = False  # flip one byte in the middle of every file served
     ignore_range: bool = False
     revisions: tuple[str, ...] = ("master",)
+    unserved: tuple[str, ...] = ()  # listed, but GET answers 404
     requests: list[tuple[str, str | None]] = field(default_factory=list)  # (path+query, Range)
 
     def sha256(self, name: str) -> str | None:
@@ -52,6 +53,8 @@ class _Handler(BaseHTTPRequestHandler):
             self._send(404, b'{"Code": 10010205001, "Message": "no revision"}', "application/json")
         elif url.path == base + "/files":
             self._listing(state)
+        elif url.path == base and query.get("FilePath") in state.unserved:
+            self._send(404, b"", "text/plain")
         elif url.path == base and query.get("FilePath") in state.files:
             self._file(state, query["FilePath"])
         else:

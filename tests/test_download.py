@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import os
 import socket
@@ -145,6 +146,22 @@ def test_http_404_is_a_clear_error(tmp_path: Path) -> None:
     assert list(tmp_path.iterdir()) == []
 
 
+def test_http_404_on_a_listed_file(tmp_path: Path) -> None:
+    state = _state(unserved=("pytorch_model.pt",))
+    with HubServer(state) as url, pytest.raises(DownloadError) as err:
+        _get(url, tmp_path)
+    assert str(err.value).startswith("downloading pytorch_model.pt: HTTP 404")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["configuration.json"]
+
+
+def test_concurrent_download_of_the_same_file_refused(tmp_path: Path) -> None:
+    with (tmp_path / "pytorch_model.pt.part").open("ab") as other:
+        fcntl.flock(other.fileno(), fcntl.LOCK_EX)  # as a running download holds it
+        with HubServer(_state()) as url, pytest.raises(DownloadError, match="another download"):
+            _get(url, tmp_path)
+    assert not (tmp_path / "pytorch_model.pt").exists()
+
+
 def test_file_missing_from_listing(tmp_path: Path) -> None:
     with HubServer(_state()) as url, pytest.raises(DownloadError, match="has no extra.bin"):
         _get(url, tmp_path, files=("configuration.json", "extra.bin"))
@@ -170,7 +187,7 @@ def test_disk_full_is_a_clear_error_and_resumable(tmp_path: Path) -> None:
     with HubServer(_state()) as url, pytest.raises(DownloadError, match="disk full"):
         _get(url, tmp_path)
     assert not (tmp_path / "configuration.json").exists()
-    assert (tmp_path / "configuration.json.part").is_symlink()  # kept for the resume
+    assert (tmp_path / "configuration.json.part").is_symlink()  # not a regular file: kept
 
 
 def test_cli_download_and_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
