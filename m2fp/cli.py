@@ -132,8 +132,12 @@ def read_image(path: Path) -> np.ndarray:
         raise ImageReadError("not an image Pillow can decode") from None
     except Image.DecompressionBombError as exc:
         raise ImageReadError(str(exc)) from None
-    except (OSError, SyntaxError, ValueError) as exc:
-        raise ImageReadError(f"cannot decode: {getattr(exc, 'strerror', None) or exc}") from None
+    except OSError as exc:
+        if exc.errno is not None:  # the file system's answer, e.g. permission denied
+            raise ImageReadError(f"cannot read: {exc.strerror}") from None
+        raise ImageReadError(f"cannot decode: {exc}") from None  # e.g. truncated
+    except (SyntaxError, ValueError) as exc:  # what some Pillow decoders raise on bad data
+        raise ImageReadError(f"cannot decode: {exc}") from None
     if rgb.shape[0] == 0 or rgb.shape[1] == 0:
         raise ImageReadError("image has no pixels")
     return rgb

@@ -13,7 +13,7 @@ import pytest
 from PIL import Image
 
 from m2fp import render
-from m2fp.cli import EXIT_FAILED, EXIT_MODEL, EXIT_USAGE, main, read_image
+from m2fp.cli import EXIT_FAILED, EXIT_MODEL, EXIT_USAGE, ImageReadError, main, read_image
 from m2fp.parser import Parser, ParsingResult
 from tests.conftest import REPO
 
@@ -192,6 +192,15 @@ def test_same_output_names_refused(
     args = [str(images["png"]), str(twin), "--model-dir", str(tiny_model_dir)]
     assert main(["parse", *args, "--out", str(tmp_path / "o")]) == EXIT_USAGE
     assert "same outputs" in capsys.readouterr().err
+
+
+def test_read_image_errors(tmp_path: Path) -> None:
+    empty = tmp_path / "empty.jpg"
+    empty.write_bytes(b"")
+    with pytest.raises(ImageReadError, match="not an image"):
+        read_image(empty)
+    with pytest.raises(ImageReadError, match="is a directory"):
+        read_image(tmp_path)
 
 
 def test_read_image_applies_exif_orientation(tmp_path: Path) -> None:
