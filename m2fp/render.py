@@ -61,7 +61,7 @@ def _check_mask(mask: np.ndarray) -> np.ndarray:
     return m.astype(bool, copy=False)
 
 
-def class_selection(classes: Iterable[int] | None) -> np.ndarray:
+def _class_selection(classes: Iterable[int] | None) -> np.ndarray:
     """(NUM_CLASSES,) bool: True for the chosen class ids (all when `classes` is None).
 
     Raises:
@@ -92,7 +92,7 @@ def colorize(semantic: np.ndarray, *, classes: Iterable[int] | None = None) -> n
     """
     sem = _check_semantic(semantic)
     lut = PALETTE.copy()
-    lut[~class_selection(classes)] = 0
+    lut[~_class_selection(classes)] = 0
     return lut[sem]
 
 
@@ -133,7 +133,7 @@ def overlay(
     alpha = float(alpha)
     if not 0.0 <= alpha <= 1.0:
         raise ValueError(f"alpha must be between 0 and 1, got {alpha}")
-    tinted = class_selection(classes)
+    tinted = _class_selection(classes)
     tinted[0] = False
     table = _blend_table(alpha, tinted)
     # Row of each pixel's class in the table; + intensity gives the flat index.
@@ -162,7 +162,7 @@ def cutout(image: np.ndarray, semantic: np.ndarray, classes: Iterable[int]) -> n
     classes = list(classes)
     if not classes:
         raise ValueError("cutout needs at least one class id")
-    keep = class_selection(classes)[sem]
+    keep = _class_selection(classes)[sem]
     out = np.zeros((*sem.shape, 4), dtype=np.uint8)
     out[keep, :3] = img[keep]
     out[keep, 3] = 255
