@@ -23,6 +23,8 @@ from PIL import Image
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from m2fp import render  # noqa: E402
+from m2fp.export import result_to_json  # noqa: E402
+from m2fp.parser import ParsingResult, Person  # noqa: E402
 
 
 def _photo(h: int, w: int, rng: np.random.Generator) -> np.ndarray:
@@ -45,6 +47,22 @@ def _semantic(h: int, w: int, rng: np.random.Generator) -> np.ndarray:
         legs = (abs(x - cx) < 0.5 * s) & (y >= cy + 0.5 * s) & (y < cy + 2.2 * s)
         sem[legs] = 9  # pants
     return sem
+
+
+def _result(sem: np.ndarray) -> ParsingResult:
+    """The blobs as one person per connected column band (enough for timing the export)."""
+    persons = []
+    cols = np.flatnonzero((sem != 0).any(axis=0))
+    bands = np.split(cols, np.flatnonzero(np.diff(cols) > 1) + 1) if cols.size else []
+    for k, band in enumerate(bands, start=1):
+        mask = np.zeros(sem.shape, bool)
+        mask[:, band[0] : band[-1] + 1] = sem[:, band[0] : band[-1] + 1] != 0
+        ys, xs = np.nonzero(mask)
+        box = (int(xs.min()), int(ys.min()), int(np.ptp(xs)) + 1, int(np.ptp(ys)) + 1)
+        ids, counts = np.unique(sem[mask], return_counts=True)
+        parts = {int(i): int(n) for i, n in zip(ids, counts, strict=True)}
+        persons.append(Person(id=k, score=0.9, bbox=box, mask=mask, parts=parts))
+    return ParsingResult(semantic=sem, instances=[], persons=persons)
 
 
 def _best(fn: Callable[[], object], repeats: int) -> tuple[float, object]:
@@ -88,6 +106,13 @@ def main() -> None:
     print(f"class_stats                        {ms:7.1f} ms")
     ms, _ = _best(lambda: render.mask_rle(sem == 5), r)
     print(f"mask_rle (one class)               {ms:7.1f} ms")
+
+    result = _result(sem)
+    for fmt in ("rle", "png"):
+        ms, _ = _best(lambda f=fmt: result_to_json(result, image, mask_format=f), r)
+        print(f"result_to_json {len(result.persons)} persons, {fmt:<3}      {ms:7.1f} ms")
+    ms, _ = _best(lambda: result_to_json(result, image, include_overlay=True), r)
+    print(f"result_to_json + overlay PNG        {ms:7.1f} ms")
 
     overlay_image = Image.fromarray(ov)
     label_image = Image.fromarray(sem)

@@ -25,7 +25,6 @@ EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_USAGE = 2
 EXIT_MODEL = 3
-DEFAULT_MODEL_DEST = "models/cv_resnet101_image-multiple-human-parsing"
 
 
 class ImageReadError(Exception):
@@ -277,7 +276,11 @@ def add_download_command(subparsers: argparse._SubParsersAction) -> None:
         "complete and checked, and prints each file's SHA-256 for pinning.",
     )
     p.add_argument(
-        "--dest", type=Path, default=Path(DEFAULT_MODEL_DEST), metavar="DIR", help="(%(default)s)"
+        "--dest",
+        type=Path,
+        default=Path(download.DEFAULT_DEST),
+        metavar="DIR",
+        help="(%(default)s)",
     )
     p.add_argument("--revision", default=download.DEFAULT_REVISION, help="(%(default)s)")
     p.add_argument(
@@ -294,7 +297,7 @@ def add_download_command(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run_download(args: argparse.Namespace) -> int:
-    from m2fp.download import DownloadError, download_model
+    from m2fp.download import WEIGHTS_FILE, DownloadError, download_model
 
     try:
         hashes = download_model(
@@ -313,7 +316,7 @@ def run_download(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         _error("interrupted; run the same command again to resume")
         return 130
-    weights = hashes.get("pytorch_model.pt")
+    weights = hashes.get(WEIGHTS_FILE)
     print(f"model files in {args.dest}")
     if weights:
         print(f"pin the weights with M2FP_WEIGHTS_SHA256={weights}")

@@ -36,6 +36,7 @@ from tqdm import tqdm
 MODEL_ID = "damo/cv_resnet101_image-multiple-human-parsing"
 DEFAULT_ENDPOINT = "https://www.modelscope.cn"
 DEFAULT_REVISION = "master"
+DEFAULT_DEST = "models/cv_resnet101_image-multiple-human-parsing"  # the default M2FP_MODEL_DIR
 MODEL_FILES = ("configuration.json", "pytorch_model.pt")
 WEIGHTS_FILE = "pytorch_model.pt"
 PART_SUFFIX = ".part"
