@@ -187,6 +187,9 @@ class Client:
                 self._sleep(self._backoff(attempt))
                 attempt += 1
                 continue
+            if 300 <= response.status_code < 400:
+                location = response.headers.get("Location", "?")
+                raise ClientError(f"{self.url} redirects to {location}: use that URL")
             if response.status_code < 400:
                 return response
             error = _service_error(response)

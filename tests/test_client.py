@@ -190,6 +190,12 @@ def test_client_errors_are_not_retried(server, tls, photo):
     assert len(server.seen) == 1
 
 
+def test_a_redirect_names_the_url_to_use(server, tls, photo):
+    server.script = [(308, {"Location": "https://localhost:8443/api/v1/parse"}, b"")]
+    with pytest.raises(ClientError, match="redirects to https://localhost:8443/api/v1/parse"):
+        client_for(server, tls).parse(photo)
+
+
 def test_non_json_error_bodies_still_give_a_clear_error(server, tls, photo):
     server.script = [(500, {"X-Request-ID": "abc"}, b"<html>oops</html>")]
     with pytest.raises(ServiceError, match=r"500 http_error: .*\(request id abc\)"):
