@@ -20,7 +20,8 @@ from tests.deploy_support import REPO, free_port
 pytestmark = [pytest.mark.deploy, pytest.mark.slow]
 
 
-def test_scripts_run_serves_https_and_stops_both_on_ctrl_c(tmp_path, tiny_model_dir):
+@pytest.mark.parametrize("to_group", [True, False], ids=["ctrl-c", "sigint-to-the-script"])
+def test_scripts_run_serves_https_and_stops_both_on_ctrl_c(tmp_path, tiny_model_dir, to_group):
     https_port, http_port, app_port = free_port(), free_port(), free_port()
     var = tmp_path / "var"
     env = {k: v for k, v in os.environ.items() if not k.startswith("M2FP_")}
@@ -43,6 +44,7 @@ def test_scripts_run_serves_https_and_stops_both_on_ctrl_c(tmp_path, tiny_model_
         env=env,
         stdout=subprocess.DEVNULL,
         stderr=stderr.open("wb"),
+        start_new_session=True,  # its own process group, as in a terminal
     )
     try:
         deadline = time.monotonic() + 180
@@ -65,7 +67,12 @@ def test_scripts_run_serves_https_and_stops_both_on_ctrl_c(tmp_path, tiny_model_
         conf = (var / "nginx" / "nginx.conf").read_text()
         runtime_dir = next(r for r in runtime if str(r) in conf)
 
-        proc.send_signal(signal.SIGINT)
+        # Ctrl-C: the terminal sends SIGINT to the whole foreground process group; a
+        # supervisor may signal the script alone
+        if to_group:
+            os.killpg(proc.pid, signal.SIGINT)
+        else:
+            proc.send_signal(signal.SIGINT)
         assert proc.wait(60) == 130
         gone, alive = psutil.wait_procs(children, timeout=10)
         assert alive == [], [p.cmdline() for p in alive]
@@ -74,7 +81,7 @@ def test_scripts_run_serves_https_and_stops_both_on_ctrl_c(tmp_path, tiny_model_
         assert "run: stopping" in text and "run: stopped" in text
     finally:
         if proc.poll() is None:
-            proc.kill()
+            os.killpg(proc.pid, signal.SIGKILL)
             proc.wait(10)
 
 
