@@ -197,6 +197,17 @@ class Nginx:
     def errors(self) -> str:
         return self.error_log.read_text() if self.error_log.exists() else ""
 
+    def access_entry(self, request_id: str, timeout: float = 5.0) -> dict | None:
+        """The access log line of `request_id`; nginx writes it after the response, so wait."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for line in self.access_log.read_text().splitlines():
+                entry = json.loads(line)
+                if entry["request_id"] == request_id:
+                    return entry
+            time.sleep(0.05)
+        return None
+
     def url(self, path: str = "/") -> str:
         return f"https://localhost:{self.https_port}{path}"
 
