@@ -309,6 +309,7 @@ def slow_request(
     *,
     pause_every: int = 16,
     pause: float = 0.05,
+    source: str = "127.0.0.1",
 ) -> tuple[int, bytes, int]:
     """A request over a raw TLS socket whose response is read 64 KiB at a time with pauses (a
     slow client, small receive buffer): returns (status, head, body bytes received)."""
@@ -316,7 +317,9 @@ def slow_request(
     lines = [f"{method} {path} HTTP/1.1", "Host: localhost", f"Content-Length: {len(body)}"]
     lines += [f"{k}: {v}" for k, v in (headers or {}).items()]
     with (
-        socket.create_connection(("127.0.0.1", edge.https_port), timeout=60) as raw,
+        socket.create_connection(
+            ("127.0.0.1", edge.https_port), timeout=60, source_address=(source, 0)
+        ) as raw,
         ctx.wrap_socket(raw, server_hostname="localhost") as conn,
     ):
         conn.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
