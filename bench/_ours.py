@@ -4,12 +4,14 @@ Started by bench/forward.py and bench/compare_modelscope.py (see bench/_common.W
 loads or builds the model once, then answers requests:
   {"op": "forward", "height", "width", "batch", "warmup", "repeats", "seed", "save"?}
   {"op": "parse", "height", "width", "warmup", "repeats", "seed", "save"?}
+  {"op": "e2e", "height", "width", "warmup", "repeats", "seed"}: forward vs parse vs request
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -138,11 +140,81 @@ class OursWorker:
         stats["instances"] = len(result.instances) if result is not None else None
         return stats
 
+    def e2e(self, req: dict[str, Any]) -> dict[str, Any]:
+        """The bare forward at the size the parser feeds the model, `Parser.parse`, and one
+        `POST /api/v1/parse?output=overlay` through the Flask app (decode → parse → overlay
+        PNG), on the same JPEG photo, interleaved `repeats` times."""
+        import io
+
+        from PIL import Image
+
+        from app import create_app
+        from m2fp.parser import Parser
+
+        photo = photo_like(req["height"], req["width"], req.get("seed", 0))
+        buf = io.BytesIO()
+        Image.fromarray(photo).save(buf, format="JPEG", quality=90)
+        jpeg = buf.getvalue()
+        pixels = np.asarray(Image.open(io.BytesIO(jpeg)).convert("RGB"))  # what the app sees
+        if self._parser is None:
+            self._parser = Parser(self.model, device=self.device)
+        prepared = self._parser.prepare(pixels)
+        batch = torch.zeros((1, 3, *prepared.padded_hw))
+        batch[0, :, : prepared.resized_hw[0], : prepared.resized_hw[1]] = torch.from_numpy(
+            prepared.pixels
+        ).permute(2, 0, 1)
+        app = create_app(
+            {"model": self.model, "device": str(self.device), "rate_limit": "100000 per minute",
+             "ban_after": 100000, "warmup": True}
+        )  # fmt: skip
+        client = app.test_client()
+        deadline = time.monotonic() + 600
+        while client.get("/readyz").status_code != 200:
+            if time.monotonic() > deadline:
+                raise RuntimeError("the app's engine did not become ready")
+            time.sleep(0.2)
+
+        def forward():
+            with torch.inference_mode():
+                return self.model(batch)
+
+        def parse():
+            return self._parser.parse(pixels)
+
+        def request():
+            reply = client.post(
+                "/api/v1/parse?output=overlay",
+                data=jpeg,
+                headers={"Content-Type": "image/jpeg", "Accept": "image/png"},
+            )
+            if reply.status_code != 200 or reply.mimetype != "image/png":
+                raise RuntimeError(f"request failed: {reply.status_code} {reply.data[:200]!r}")
+            return len(reply.data)
+
+        steps = {"forward": forward, "parse": parse, "request": request}
+        for fn in steps.values():  # warm-up
+            for _ in range(req.get("warmup", 1)):
+                fn()
+        seconds: dict[str, list[float]] = {k: [] for k in steps}
+        for r in range(req.get("repeats", 1)):
+            names = list(steps)[r % 3 :] + list(steps)[: r % 3]
+            for name in names:
+                dt, _ = timed(steps[name], sync=self._sync)
+                seconds[name].append(dt)
+        return {
+            "seconds": seconds,
+            "model_input_hw": list(prepared.padded_hw),
+            "jpeg_bytes": len(jpeg),
+            "process_peak_rss_mb": peak_rss_mb(),
+        }
+
     def handle(self, req: dict[str, Any]) -> dict[str, Any]:
         if req["op"] == "forward":
             return self.forward(req)
         if req["op"] == "parse":
             return self.parse(req)
+        if req["op"] == "e2e":
+            return self.e2e(req)
         raise ValueError(f"unknown op {req['op']!r}")
 
 

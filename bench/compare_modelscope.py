@@ -144,8 +144,8 @@ def _forward(workers: dict[str, Worker], h: int, w: int, args, tmp: Path) -> dic
 
 
 def _pipeline(workers: dict[str, Worker], h: int, w: int, args, tmp: Path) -> dict[str, Any]:
-    req = {"op": "parse", "height": h, "width": w, "seed": args.seed}
-    probe = workers["ours-fast"].request(**req, warmup=0, repeats=0)
+    req = {"height": h, "width": w, "seed": args.seed}
+    probe = workers["ours-fast"].request(**req, op="parse", warmup=0, repeats=0)
     if probe.get("skipped"):
         print(f"\npipeline vs Parser.parse: skipped ({probe['skipped']})")
         return {"skipped": probe["skipped"]}

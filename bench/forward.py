@@ -9,7 +9,7 @@ mode from the fp32 reference, and writes JSON to bench/results/.
     .venv/bin/python bench/forward.py --sizes 640x864,800x1216 --batches 1,2 --repeats 7
     .venv/bin/python bench/forward.py --modes plain,fast,fast-bf16     # + bf16 autocast
     .venv/bin/python bench/forward.py --device cuda --modes fast-fp16 --batches 1,4,8,16
-    .venv/bin/python bench/forward.py --parse 1280x1920                # + Parser.parse
+    .venv/bin/python bench/forward.py --e2e 1280x1920    # + Parser.parse and an app request
 
 Modes: plain (the reference model, fp32), fast (optimize_for_inference, fp32), fast-bf16,
 fast-fp16 (autocast; fp16 on CUDA only).
@@ -71,7 +71,12 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--model-dir", default=None, help="real weights instead of seeded ones")
-    ap.add_argument("--parse", type=_pairs, default=[], help="also time Parser.parse at HxW")
+    ap.add_argument(
+        "--e2e",
+        type=_pairs,
+        default=[],
+        help="photo HxW: also time Parser.parse and one app request vs the bare forward",
+    )
     ap.add_argument("--json", default=None, help="output path (default bench/results/...)")
     args = ap.parse_args()
     modes = args.modes.split(",")
@@ -92,7 +97,7 @@ def main() -> None:
             for h, w in args.sizes:
                 for b in args.batches:
                     cases.append(_forward_case(workers, modes, h, w, b, args, Path(tmp), rows))
-            parse_cases = [_parse_case(workers, modes, h, w, args) for h, w in args.parse]
+            e2e_cases = [_e2e_case(workers, modes, h, w, args) for h, w in args.e2e]
     finally:
         for worker in workers.values():
             worker.close()
@@ -104,15 +109,15 @@ def main() -> None:
          "GPU peak MB", "vs plain", "max|Δcls|", "max|Δmask|"],
         rows,
     )  # fmt: skip
-    for pc in parse_cases:
-        if pc.get("skipped"):
-            print(f"\nParser.parse {pc['input']}: skipped ({pc['skipped']})")
-            continue
-        print(f"\nParser.parse on a {pc['input']} photo-like image vs the bare forward:")
-        print_table(["mode", "parse median s", "p95 s", "instances"], pc["rows"])
+    for case in e2e_cases:
+        h, w = case["photo"]
+        hp, wp = case["model_input_hw"]
+        print(f"\n{case['mode']}: one {w}x{h} JPEG photo (model input {wp}x{hp}), "
+              f"{args.repeats} interleaved runs")  # fmt: skip
+        print_table(["step", "median s", "p95 s", "× forward"], case["rows"])
     out = write_json(
         "forward",
-        {"machine": machine_info(), "args": vars(args), "cases": cases, "parse": parse_cases},
+        {"machine": machine_info(), "args": vars(args), "cases": cases, "e2e": e2e_cases},
         args.json,
     )
     print(f"\nJSON: {out}")
@@ -160,17 +165,25 @@ def _forward_case(workers, modes, h, w, b, args, tmp: Path, rows: list) -> dict[
     return result
 
 
-def _parse_case(workers, modes, h, w, args) -> dict[str, Any]:
+def _e2e_case(workers, modes, h, w, args) -> dict[str, Any]:
     mode = next((m for m in modes if m != "plain"), modes[0])
-    req = {"op": "parse", "height": h, "width": w}
-    first = workers[mode].request(**req, warmup=args.warmup, repeats=0)
-    if first.get("skipped"):
-        return {"input": f"{h}x{w}", "skipped": first["skipped"]}
-    rows = []
-    reply = workers[mode].request(**req, warmup=0, repeats=args.repeats)
-    stats = summarize(reply["seconds"])
-    rows.append([mode, stats["median_s"], stats["p95_s"], reply.get("instances")])
-    return {"input": f"{h}x{w}", "mode": mode, **stats, "seconds": reply["seconds"], "rows": rows}
+    req = {"op": "e2e", "height": h, "width": w, "warmup": args.warmup, "repeats": args.repeats}
+    reply = workers[mode].request(**req)
+    forward = summarize(reply["seconds"]["forward"])["median_s"]
+    steps = {
+        "forward": "bare forward",
+        "parse": "Parser.parse (resize, forward, post-process)",
+        "request": "app request (decode, parse, overlay PNG)",
+    }
+    rows, stats = [], {}
+    for key, label in steps.items():
+        stats[key] = {**summarize(reply["seconds"][key]), "seconds": reply["seconds"][key]}
+        rows.append([label, stats[key]["median_s"], stats[key]["p95_s"],
+                     stats[key]["median_s"] / forward])  # fmt: skip
+    request_to_parse = stats["request"]["median_s"] / stats["parse"]["median_s"]
+    rows.append(["request ÷ parse", request_to_parse, None, None])
+    return {"mode": mode, "photo": [h, w], "model_input_hw": reply["model_input_hw"],
+            "steps": stats, "request_to_parse": request_to_parse, "rows": rows}  # fmt: skip
 
 
 if __name__ == "__main__":

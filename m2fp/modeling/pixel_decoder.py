@@ -43,7 +43,7 @@ class DeformableEncoderLayer(nn.Module):
     ) -> torch.Tensor:
         """src, pos (N, S, C); reference_points (N, S, L, 2) → (N, S, C)."""
         src = self.norm1(src + self.self_attn(src + pos, reference_points, src, spatial_shapes))
-        return self.norm2(src + self.linear2(F.relu(self.linear1(src))))
+        return self.norm2(src + self.linear2(F.relu(self.linear1(src), inplace=True)))
 
 
 class DeformableEncoder(nn.Module):

@@ -93,7 +93,7 @@ class FFNLayer(nn.Module):
         self.norm = nn.LayerNorm(d_model)
 
     def forward(self, tgt: torch.Tensor) -> torch.Tensor:
-        return self.norm(tgt + self.linear2(F.relu(self.linear1(tgt))))
+        return self.norm(tgt + self.linear2(F.relu(self.linear1(tgt), inplace=True)))
 
 
 class MLP(nn.Module):
