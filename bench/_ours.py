@@ -10,6 +10,7 @@ loads or builds the model once, then answers requests:
 from __future__ import annotations
 
 import argparse
+import copy
 import sys
 import time
 from pathlib import Path
@@ -59,12 +60,39 @@ def seeded_r101(seed: int = 0) -> M2FP:
     return model.eval()
 
 
+ABLATION_STEPS = ("fold", "channels-last", "gather", "decoder")
+
+
+def ablation_model(model: M2FP, steps: int) -> M2FP:
+    """The reference model with the first `steps` of optimize_for_inference's changes, in
+    ABLATION_STEPS order (4 = all of them, what optimize_for_inference returns in fp32)."""
+    from m2fp.modeling.deform_attn import MSDeformAttn
+    from m2fp.optimize import _swap_group_norms, fold_batchnorm_
+
+    model = copy.deepcopy(model).eval().requires_grad_(False)
+    if steps >= 1:
+        fold_batchnorm_(model)
+    if steps >= 2:
+        model.to(memory_format=torch.channels_last)
+        _swap_group_norms(model)
+        model.channels_last = model.sem_seg_head.pixel_decoder.channels_last = True
+    if steps >= 3:
+        for module in model.modules():
+            if isinstance(module, MSDeformAttn):
+                module.sampler = "gather"
+    if steps >= 4:
+        model.sem_seg_head.predictor.fast = True
+    return model
+
+
 class OursWorker:
     def __init__(self, args: argparse.Namespace) -> None:
         torch.set_num_threads(args.threads)
         self.device = torch.device(args.device)
         base = load_model(args.model_dir) if args.model_dir else seeded_r101(args.seed)
-        if args.mode == "fast":
+        if args.mode == "ablation":
+            self.model = ablation_model(base, args.steps).to(self.device)
+        elif args.mode == "fast":
             self.model = optimize_for_inference(base, device=self.device, dtype=DTYPES[args.dtype])
         else:
             if args.dtype != "fp32":
@@ -237,7 +265,8 @@ def save_parse(path: str, result: Any) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description="benchmark worker (see module docstring)")
-    parser.add_argument("--mode", choices=("plain", "fast"), required=True)
+    parser.add_argument("--mode", choices=("plain", "fast", "ablation"), required=True)
+    parser.add_argument("--steps", type=int, default=0, help="ablation: how many steps")
     parser.add_argument("--model-dir", default=None)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=2)

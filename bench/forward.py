@@ -12,7 +12,9 @@ mode from the fp32 reference, and writes JSON to bench/results/.
     .venv/bin/python bench/forward.py --e2e 1280x1920    # + Parser.parse and an app request
 
 Modes: plain (the reference model, fp32), fast (optimize_for_inference, fp32), fast-bf16,
-fast-fp16 (autocast; fp16 on CUDA only).
+fast-fp16 (autocast; fp16 on CUDA only), and --ablation: plain, then optimize_for_inference's
+changes added one by one (+fold: BatchNorm folded; +channels-last; +gather: deformable
+attention as one gather; +decoder: the lean decoder, which makes it equal to fast).
 """
 
 from __future__ import annotations
@@ -40,7 +42,13 @@ MODES = {
     "fast": ["--mode", "fast"],
     "fast-bf16": ["--mode", "fast", "--dtype", "bf16"],
     "fast-fp16": ["--mode", "fast", "--dtype", "fp16"],
+    # optimize_for_inference's changes one at a time, cumulative (--ablation runs them all)
+    "+fold": ["--mode", "ablation", "--steps", "1"],
+    "+channels-last": ["--mode", "ablation", "--steps", "2"],
+    "+gather": ["--mode", "ablation", "--steps", "3"],
+    "+decoder": ["--mode", "ablation", "--steps", "4"],
 }
+ABLATION = "plain,+fold,+channels-last,+gather,+decoder"
 
 
 def _pairs(text: str) -> list[tuple[int, int]]:
@@ -66,6 +74,7 @@ def main() -> None:
     ap.add_argument("--sizes", type=_pairs, default=_pairs("640x864"), help="HxW[,HxW...]")
     ap.add_argument("--batches", type=_ints, default=[1])
     ap.add_argument("--modes", default="plain,fast", help=",".join(MODES))
+    ap.add_argument("--ablation", action="store_true", help=f"--modes {ABLATION}")
     ap.add_argument("--warmup", type=int, default=1)
     ap.add_argument("--repeats", type=int, default=5, help="timed runs per mode and case")
     ap.add_argument("--threads", type=int, default=2)
@@ -79,7 +88,7 @@ def main() -> None:
     )
     ap.add_argument("--json", default=None, help="output path (default bench/results/...)")
     args = ap.parse_args()
-    modes = args.modes.split(",")
+    modes = (ABLATION if args.ablation else args.modes).split(",")
     unknown = [m for m in modes if m not in MODES]
     if unknown:
         ap.error(f"unknown mode(s) {unknown}; choose from {list(MODES)}")

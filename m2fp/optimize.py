@@ -70,6 +70,8 @@ def optimize_for_inference(
         fast.to(memory_format=torch.channels_last)  # 4-d weights only
         _swap_group_norms(fast)
     fast.channels_last = use_channels_last
+    if device.type == "cpu" and dtype == torch.float32 and onednn_linear_available():
+        _use_onednn_linears(fast.sem_seg_head.pixel_decoder.transformer)
     fast.autocast_dtype = None if dtype == torch.float32 else dtype
     for module in fast.modules():
         if isinstance(module, MSDeformAttn):
@@ -81,20 +83,75 @@ def optimize_for_inference(
     return fast
 
 
-class GroupNormNCHW(nn.GroupNorm):
-    """GroupNorm that normalises a contiguous (NCHW) copy of its input. torch's channels-last
-    GroupNorm kernel is less accurate: on ModelScope's tiny reference it moved the pixel
-    decoder's input projections by 2e-4 and the logits by 7e-5, against 1e-5 in NCHW."""
+class OneDNNLinear(nn.Linear):
+    """nn.Linear computed by oneDNN (`torch.ops.mkldnn._linear_pointwise`), optionally with
+    the ReLU that follows it fused in. On the deformable encoder's (11340, 256..1024) inputs it
+    is 10-55 % faster than the default MKL addmm on this Zen 4 CPU; same weights, results
+    equal to float rounding. CPU and float32 only (autocast does not know the op).
+
+    With `relu=True` the output is already rectified; the encoder's own ReLU after it then
+    changes nothing (ReLU is idempotent) and costs one cheap in-place pass."""
+
+    relu: bool = False
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return super().forward(x.contiguous())
+        attr = "relu" if self.relu else "none"
+        return torch.ops.mkldnn._linear_pointwise(x, self.weight, self.bias, attr, [], "")
+
+
+def onednn_linear_available() -> bool:
+    """Whether this torch build has oneDNN's fused linear op (x86 CPU builds do)."""
+    if not torch.backends.mkldnn.is_available():
+        return False
+    try:
+        torch.ops.mkldnn._linear_pointwise  # noqa: B018 (raises when the op is missing)
+    except (AttributeError, RuntimeError):
+        return False
+    return True
+
+
+def _use_onednn_linears(module: nn.Module) -> None:
+    """Make every plain nn.Linear under `module` a OneDNNLinear (the same parameters), with
+    ReLU fused into the encoder FFNs' first linear."""
+    for parent in list(module.modules()):
+        for name, child in parent.named_children():
+            if type(child) is nn.Linear:
+                child.__class__ = OneDNNLinear
+                child.relu = name == "linear1"
+
+
+class GroupNormChannelsLast(nn.GroupNorm):
+    """GroupNorm that keeps a channels-last input channels-last, with accurate statistics.
+
+    torch's own channels-last GroupNorm kernel is fast but inaccurate: 2.8e-4 off a float64
+    reference on a (1, 256, 160, 216) map with mean 0.3 and std 0.05, and on ModelScope's tiny
+    reference it moved the logits by 7e-5. The NCHW kernel is accurate (1.4e-6) but needs two
+    35 MB layout copies per map at stride 4. Here each group's mean and variance come from
+    `torch.var_mean` (1.4e-6) and the normalisation is one fused pass in the NHWC layout."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() != 4 or not x.is_contiguous(memory_format=torch.channels_last):
+            return super().forward(x)
+        n, c, h, w = x.shape
+        g = self.num_groups
+        # (N, H*W, groups, C/groups): a view of the NHWC memory
+        grouped = x.permute(0, 2, 3, 1).reshape(n, h * w, g, c // g)
+        var, mean = torch.var_mean(grouped, dim=(1, 3), keepdim=True, correction=0)
+        scale = torch.rsqrt(var + self.eps)
+        if self.affine:
+            scale = scale * self.weight.view(1, 1, g, c // g)
+            shift = self.bias.view(1, 1, g, c // g) - mean * scale
+        else:
+            shift = -mean * scale
+        out = torch.addcmul(shift, grouped, scale)
+        return out.view(n, h, w, c).permute(0, 3, 1, 2)  # (N, C, H, W), channels-last
 
 
 def _swap_group_norms(model: nn.Module) -> None:
     for parent in list(model.modules()):
         for name, child in parent.named_children():
             if type(child) is nn.GroupNorm:
-                swapped = GroupNormNCHW(
+                swapped = GroupNormChannelsLast(
                     child.num_groups, child.num_channels, eps=child.eps, affine=child.affine
                 )
                 if child.affine:

@@ -8,6 +8,7 @@ import io
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
@@ -15,7 +16,14 @@ from m2fp.build import load_model
 from m2fp.modeling.backbone import ConvNorm
 from m2fp.modeling.deform_attn import MSDeformAttn, ms_deform_attn, ms_deform_attn_gather
 from m2fp.modeling.m2fp import M2FP
-from m2fp.optimize import cpu_supports_bf16, fold_batchnorm_, optimize_for_inference
+from m2fp.optimize import (
+    GroupNormChannelsLast,
+    OneDNNLinear,
+    cpu_supports_bf16,
+    fold_batchnorm_,
+    onednn_linear_available,
+    optimize_for_inference,
+)
 from tests.conftest import TINY_REFERENCE
 from tests.model_factory import make_tiny_model
 from tests.test_deform_attn import _naive
@@ -90,6 +98,10 @@ def test_original_model_is_left_alone(tiny_pair: tuple[M2FP, M2FP]) -> None:
     assert all(m.norm is None for m in fast.backbone.modules() if isinstance(m, ConvNorm))
     assert all(m.sampler == "gather" for m in fast.modules() if isinstance(m, MSDeformAttn))
     assert fast.sem_seg_head.predictor.fast and fast.channels_last
+    assert any(isinstance(m, GroupNormChannelsLast) for m in fast.modules())
+    linears = [m for m in fast.modules() if isinstance(m, OneDNNLinear)]
+    assert bool(linears) == onednn_linear_available()
+    assert not any(isinstance(m, OneDNNLinear) for m in model.modules())
     assert fast.config is model.config or fast.config == model.config
 
 
@@ -217,6 +229,39 @@ def test_bfloat16_autocast_runs_and_returns_float32(tiny_pair: tuple[M2FP, M2FP]
     scale = want.mask_logits.abs().max()
     err = (got.mask_logits - want.mask_logits).abs().max()
     assert 0 < err < 0.25 * scale
+
+
+def test_channels_last_group_norm_is_accurate_and_keeps_the_layout() -> None:
+    torch.manual_seed(0)
+    ref = nn.GroupNorm(8, 32)
+    with torch.no_grad():
+        ref.weight.uniform_(0.5, 1.5)
+        ref.bias.normal_()
+    norm = GroupNormChannelsLast(8, 32)
+    norm.load_state_dict(ref.state_dict())
+    # a large mean over a small spread: where a one-pass variance loses digits
+    x = (0.3 + 0.05 * torch.randn(2, 32, 40, 56)).contiguous(memory_format=torch.channels_last)
+    want = F.group_norm(x.double(), 8, ref.weight.double(), ref.bias.double(), ref.eps)
+    got = norm(x)
+    assert got.is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(got.double(), want, atol=1e-5, rtol=0)
+    # an NCHW input takes torch's own kernel
+    torch.testing.assert_close(norm(x.contiguous()), ref(x.contiguous()), atol=0, rtol=0)
+
+
+@pytest.mark.skipif(not onednn_linear_available(), reason="this torch build has no oneDNN")
+@pytest.mark.parametrize("relu", [False, True])
+def test_onednn_linear_equals_linear(relu: bool) -> None:
+    torch.manual_seed(0)
+    ref = nn.Linear(24, 40)
+    fast = nn.Linear(24, 40)
+    fast.load_state_dict(ref.state_dict())
+    fast.__class__ = OneDNNLinear
+    fast.relu = relu
+    x = torch.randn(3, 50, 24)
+    want = F.relu(ref(x)) if relu else ref(x)
+    with torch.inference_mode():
+        torch.testing.assert_close(fast(x), want, atol=1e-5, rtol=0)
 
 
 def test_cpu_supports_bf16_is_a_bool() -> None:
