@@ -60,14 +60,19 @@ def seeded_r101(seed: int = 0) -> M2FP:
     return model.eval()
 
 
-ABLATION_STEPS = ("fold", "channels-last", "gather", "decoder")
+ABLATION_STEPS = ("fold", "channels-last", "gather", "onednn-linear", "decoder")
 
 
 def ablation_model(model: M2FP, steps: int) -> M2FP:
     """The reference model with the first `steps` of optimize_for_inference's changes, in
-    ABLATION_STEPS order (4 = all of them, what optimize_for_inference returns in fp32)."""
+    ABLATION_STEPS order (5 = all of them, what optimize_for_inference returns in fp32)."""
     from m2fp.modeling.deform_attn import MSDeformAttn
-    from m2fp.optimize import _swap_group_norms, fold_batchnorm_
+    from m2fp.optimize import (
+        _swap_group_norms,
+        _use_onednn_linears,
+        fold_batchnorm_,
+        onednn_linear_available,
+    )
 
     model = copy.deepcopy(model).eval().requires_grad_(False)
     if steps >= 1:
@@ -80,7 +85,9 @@ def ablation_model(model: M2FP, steps: int) -> M2FP:
         for module in model.modules():
             if isinstance(module, MSDeformAttn):
                 module.sampler = "gather"
-    if steps >= 4:
+    if steps >= 4 and onednn_linear_available():
+        _use_onednn_linears(model.sem_seg_head.pixel_decoder.transformer)
+    if steps >= 5:
         model.sem_seg_head.predictor.fast = True
     return model
 
