@@ -100,7 +100,14 @@ class OursWorker:
         if args.mode == "ablation":
             self.model = ablation_model(base, args.steps).to(self.device)
         elif args.mode == "fast":
-            self.model = optimize_for_inference(base, device=self.device, dtype=DTYPES[args.dtype])
+            self.model = optimize_for_inference(
+                base,
+                device=self.device,
+                dtype=DTYPES[args.dtype],
+                channels_last={"auto": None, "nchw": False, "channels-last": True}[
+                    args.memory_format
+                ],
+            )
         else:
             if args.dtype != "fp32":
                 raise SystemExit("--mode plain is the fp32 reference")
@@ -274,6 +281,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description="benchmark worker (see module docstring)")
     parser.add_argument("--mode", choices=("plain", "fast", "ablation"), required=True)
     parser.add_argument("--steps", type=int, default=0, help="ablation: how many steps")
+    parser.add_argument(
+        "--memory-format", choices=("auto", "nchw", "channels-last"), default="auto"
+    )
     parser.add_argument("--model-dir", default=None)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=2)

@@ -12,10 +12,11 @@ mode from the fp32 reference, and writes JSON to bench/results/.
     .venv/bin/python bench/forward.py --e2e 1280x1920    # + Parser.parse and an app request
 
 Modes: plain (the reference model, fp32), fast (optimize_for_inference, fp32), fast-bf16,
-fast-fp16 (autocast; fp16 on CUDA only), and --ablation: plain, then optimize_for_inference's
-changes added one by one (+fold: BatchNorm folded; +channels-last, with an accurate
-channels-last GroupNorm; +gather: deformable attention as one gather; +onednn-linear: the
-encoder's linears on oneDNN; +decoder: the lean decoder, which makes it equal to fast).
+fast-fp16 (autocast; fp16 on CUDA only), fast-nchw / fast-channels-last (the memory format
+forced), and --ablation: plain, then optimize_for_inference's changes added one by one (+fold:
+BatchNorm folded; +channels-last, with an accurate channels-last GroupNorm; +gather:
+deformable attention as one gather; +onednn-linear: the encoder's linears on oneDNN;
++decoder: the lean decoder).
 """
 
 from __future__ import annotations
@@ -43,6 +44,8 @@ MODES = {
     "fast": ["--mode", "fast"],
     "fast-bf16": ["--mode", "fast", "--dtype", "bf16"],
     "fast-fp16": ["--mode", "fast", "--dtype", "fp16"],
+    "fast-nchw": ["--mode", "fast", "--memory-format", "nchw"],
+    "fast-channels-last": ["--mode", "fast", "--memory-format", "channels-last"],
     # optimize_for_inference's changes one at a time, cumulative (--ablation runs them all)
     "+fold": ["--mode", "ablation", "--steps", "1"],
     "+channels-last": ["--mode", "ablation", "--steps", "2"],
