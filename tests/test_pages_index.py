@@ -433,7 +433,10 @@ def test_readable_on_a_phone_and_a_large_screen(server, browser, name, viewport,
             if page.locator(selector).count():
                 assert page.locator(selector).is_visible()
         if name == "phone":
-            page.locator(".panel").scroll_into_view_if_needed()
+            # Scrolled down to the lists, the notice is still pinned to the bottom edge.
+            page.locator("#persons").scroll_into_view_if_needed()
+            box = page.locator(".privacy").bounding_box()
+            assert abs(box["y"] + box["height"] - viewport["height"]) <= 1
             shoot(page, "index-phone-panel")
         assert_clean(page, log)
     finally:

@@ -11,13 +11,15 @@ const EXTENSIONS = { "image/jpeg": "jpg", "image/png": "png", "image/webp": "web
 
 /** A failure worth showing: `title` and `detail` in plain words; `retryAfter` in seconds. */
 export class ParseError extends Error {
-  constructor(title, detail = "", { status = 0, code = "", retryAfter = null } = {}) {
+  constructor(title, detail = "", { status = 0, code = "", retryAfter = null, waitText } = {}) {
     super(title);
     this.title = title;
     this.detail = detail;
     this.status = status;
     this.code = code;
     this.retryAfter = retryAfter;
+    // For errors with a wait: the detail for `seconds` left, so a page can count it down.
+    this.waitText = waitText || null;
   }
 }
 
@@ -95,6 +97,7 @@ export function describeError(status, body, retryAfter, maxBytes) {
   const serverMessage = body?.error?.message || "";
   const opts = { status, code, retryAfter };
   const wait = retryAfter ? formatWait(retryAfter) : null;
+  const counted = (text) => ({ ...opts, waitText: (s) => text(formatWait(s)) });
   switch (status) {
     case 413:
       return new ParseError(
@@ -118,23 +121,29 @@ export function describeError(status, body, retryAfter, maxBytes) {
       );
     case 429:
       if (code === "temporarily_banned") {
+        const later = (w) => `You can try again in ${w}.`;
         return new ParseError(
           "Too many files were refused, so uploads are paused.",
-          wait ? `You can try again in ${wait}.` : "Try again later.",
-          opts,
+          wait ? later(wait) : "Try again later.",
+          counted(later),
         );
       }
-      return new ParseError(
-        "Too many photos in a short time.",
-        wait ? `Please wait ${wait}, then try again.` : "Please wait a moment, then try again.",
-        opts,
-      );
-    case 503:
+      {
+        const later = (w) => `Please wait ${w}, then try again.`;
+        return new ParseError(
+          "Too many photos in a short time.",
+          wait ? later(wait) : "Please wait a moment, then try again.",
+          counted(later),
+        );
+      }
+    case 503: {
+      const later = (w) => `Try again in ${w}.`;
       return new ParseError(
         code === "not_ready" ? "The service is still starting." : "The service is busy right now.",
-        wait ? `Try again in ${wait}.` : "Try again in a moment.",
-        opts,
+        wait ? later(wait) : "Try again in a moment.",
+        counted(later),
       );
+    }
     case 401:
     case 403:
       return new ParseError("This service needs an API key.", serverMessage, opts);

@@ -2,7 +2,7 @@
 // draw and explore the result in the browser. Nothing is stored: the result lives in this
 // module's variables and the canvas until it is cleared or the tab closes.
 
-import { checkFile, formatWait, pageSettings, ParseError, parseImage } from "./api.js";
+import { checkFile, pageSettings, ParseError, parseImage } from "./api.js";
 import { Compositor } from "./compositor.js";
 import { decodeResult } from "./result.js";
 
@@ -88,7 +88,7 @@ function showError(error) {
         $("error-detail").textContent = "You can try again now.";
         return;
       }
-      $("error-detail").textContent = `${error.detail.replace(/\d+ (second|minute)s?/, formatWait(left))}`;
+      if (error.waitText) $("error-detail").textContent = error.waitText(left);
       left -= 1;
     };
     tick();
