@@ -4,6 +4,17 @@
 
 const DIM = 0.28; // brightness kept outside a highlighted person or class
 
+// Untinted blend tables (value → value, and value → dimmed value) for 256 ids × 3 channels.
+const IDENTITY = (() => {
+  const lit = new Uint8ClampedArray(256 * 768);
+  const dim = new Uint8ClampedArray(256 * 768);
+  for (let i = 0; i < lit.length; i++) {
+    lit[i] = i & 255;
+    dim[i] = (i & 255) * DIM;
+  }
+  return { lit, dim };
+})();
+
 export class Compositor {
   /** @param {HTMLCanvasElement} canvas */
   constructor(canvas) {
@@ -26,6 +37,8 @@ export class Compositor {
     const { width, height } = result;
     const scratch = new OffscreenCanvas(width, height);
     const sctx = scratch.getContext("2d", { willReadFrequently: true });
+    sctx.fillStyle = "#fff"; // transparent photos are shown, and blended, on white
+    sctx.fillRect(0, 0, width, height);
     sctx.drawImage(photo, 0, 0, width, height);
     this.photo = sctx.getImageData(0, 0, width, height).data;
     this.result = result;
@@ -67,45 +80,51 @@ export class Compositor {
     if (this.split !== null) this.drawDivider();
   }
 
+  /**
+   * Blend tables: for each class id and channel, photo value → output value, once for pixels
+   * in the light and once for dimmed ones. Per pixel that leaves three table look-ups.
+   */
+  tables({ alpha, highlight }) {
+    const focusClass = highlight?.kind === "class" ? highlight.id : -1;
+    const lit = IDENTITY.lit.slice();
+    const dim = IDENTITY.dim.slice();
+    for (const c of this.result.classes) {
+      let a = c.id === 0 || this.hidden.has(c.id) ? 0 : alpha;
+      if (c.id === focusClass) a = Math.max(a, 0.75);
+      if (a === 0) continue;
+      for (let ch = 0; ch < 3; ch++) {
+        const colour = this.palette[c.id * 3 + ch];
+        const at = c.id * 768 + ch * 256;
+        for (let v = 0; v < 256; v++) {
+          const blended = v + (colour - v) * a;
+          lit[at + v] = blended;
+          dim[at + v] = blended * DIM;
+        }
+      }
+    }
+    return { lit, dim, focusClass };
+  }
+
   paint(out, { alpha, highlight, split }) {
     const { width, height, labels } = this.result;
     const photo = this.photo;
-    const palette = this.palette;
-    const tint = new Float32Array(256); // per class: overlay weight, 0 when hidden
-    for (const c of this.result.classes) {
-      if (c.id !== 0 && !this.hidden.has(c.id)) tint[c.id] = alpha;
-    }
+    const { lit, dim, focusClass } = this.tables({ alpha, highlight });
     const personMask = highlight?.kind === "person" ? this.personMasks.get(highlight.id) : null;
-    const focusClass = highlight?.kind === "class" ? highlight.id : -1;
-    const splitX = split === null ? -1 : Math.round(split * width);
+    const splitX = split === null ? 0 : Math.round(split * width);
     for (let y = 0; y < height; y++) {
-      for (let x = 0; x < width; x++) {
-        const i = y * width + x;
-        const o = i * 4;
+      const row = y * width;
+      // Left of the divider: the bare photo.
+      out.set(photo.subarray(row * 4, (row + splitX) * 4), row * 4);
+      for (let i = row + splitX; i < row + width; i++) {
         const id = labels[i];
-        let r = photo[o];
-        let g = photo[o + 1];
-        let b = photo[o + 2];
-        if (x >= splitX) {
-          let a = tint[id];
-          let keep = 1;
-          if (personMask) keep = personMask[i] ? 1 : DIM;
-          else if (focusClass >= 0) {
-            if (id === focusClass) a = Math.max(a, 0.75);
-            else keep = DIM;
-          }
-          if (a > 0) {
-            r += (palette[id * 3] - r) * a;
-            g += (palette[id * 3 + 1] - g) * a;
-            b += (palette[id * 3 + 2] - b) * a;
-          }
-          r *= keep;
-          g *= keep;
-          b *= keep;
-        }
-        out[o] = r;
-        out[o + 1] = g;
-        out[o + 2] = b;
+        let table = lit;
+        if (personMask) table = personMask[i] ? lit : dim;
+        else if (focusClass >= 0 && id !== focusClass) table = dim;
+        const o = i * 4;
+        const at = id * 768;
+        out[o] = table[at + photo[o]];
+        out[o + 1] = table[at + 256 + photo[o + 1]];
+        out[o + 2] = table[at + 512 + photo[o + 2]];
         out[o + 3] = 255;
       }
     }

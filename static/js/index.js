@@ -115,7 +115,7 @@ function fitCanvas() {
   const scale = Math.max(0.01, Math.min(maxW / canvas.width, maxH / canvas.height));
   canvas.style.width = `${Math.floor(canvas.width * scale)}px`;
   canvas.style.height = `${Math.floor(canvas.height * scale)}px`;
-  canvas.classList.toggle("is-pixelated", scale > 2);
+  canvas.classList.toggle("is-pixelated", scale > 3);
 }
 new ResizeObserver(fitCanvas).observe($("stage"));
 
