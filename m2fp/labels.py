@@ -1,0 +1,54 @@
+"""The 20 CIHP parsing classes, the Human instance class and the one fixed colour palette.
+
+Ids 0..19 are what the semantic map holds; id 20 ("Human") only labels whole-person instances.
+The palette is the PASCAL-VOC colour map that SCHP's and CIHP's label PNGs use (0 is black), so
+a label map coloured with it looks like those datasets' annotations.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+CLASS_NAMES: tuple[str, ...] = (
+    "Background", "Hat", "Hair", "Gloves", "Sunglasses", "UpperClothes", "Dress", "Coat",
+    "Socks", "Pants", "Torso-skin", "Scarf", "Skirt", "Face", "Left-arm", "Right-arm",
+    "Left-leg", "Right-leg", "Left-shoe", "Right-shoe",
+)  # fmt: skip
+NUM_CLASSES = len(CLASS_NAMES)  # 20: the ids a semantic map can hold
+HUMAN_CLASS_ID = 20  # the whole-person instance class (never in a semantic map)
+HUMAN_CLASS_NAME = "Human"
+
+
+def _voc_colormap(n: int) -> np.ndarray:
+    """PASCAL-VOC colour map: the bits of the class id, three at a time, fill the colour
+    channels from their most significant bit down."""
+    cmap = np.zeros((n, 3), dtype=np.uint8)
+    for i in range(n):
+        c, rgb = i, [0, 0, 0]
+        for shift in range(7, -1, -1):
+            for ch in range(3):
+                rgb[ch] |= ((c >> ch) & 1) << shift
+            c >>= 3
+        cmap[i] = rgb
+    return cmap
+
+
+PALETTE: np.ndarray = _voc_colormap(NUM_CLASSES)
+PALETTE.flags.writeable = False
+
+
+def color_hex(class_id: int) -> str:
+    """`"#rrggbb"` of a class id 0..19.
+
+    Raises:
+        ValueError: the id is not a semantic class.
+    """
+    if not isinstance(class_id, int | np.integer) or not 0 <= class_id < NUM_CLASSES:
+        raise ValueError(f"class id must be an integer in 0..{NUM_CLASSES - 1}, got {class_id!r}")
+    r, g, b = (int(v) for v in PALETTE[class_id])
+    return f"#{r:02x}{g:02x}{b:02x}"
+
+
+def class_table() -> list[dict]:
+    """The legend: `[{"id": 0, "name": "Background", "color": "#000000"}, ...]` for ids 0..19."""
+    return [{"id": i, "name": name, "color": color_hex(i)} for i, name in enumerate(CLASS_NAMES)]
