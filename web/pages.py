@@ -49,3 +49,6 @@ def kiosk() -> str:
         countdown_seconds=KIOSK_COUNTDOWN_SECONDS,
         notice=settings.kiosk_notice,
     )
+
+
+__all__ = ["KIOSK_COUNTDOWN_SECONDS", "bp", "size_label"]

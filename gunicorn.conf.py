@@ -1,0 +1,58 @@
+"""gunicorn settings: `gunicorn -c gunicorn.conf.py 'app:create_app()'`.
+
+Command-line flags win over this file (`-b 127.0.0.1:8001`, `--threads 16`). The master reads
+the settings (a malformed M2FP_* variable stops it at once, not each worker) but imports nothing
+of the app and never touches CUDA: no preload, the model loads in each worker (a fork of a
+CUDA-initialised process cannot use CUDA). One worker holds one model; scale with more gunicorn
+instances (one per GPU, `CUDA_VISIBLE_DEVICES=i`), each on its own port behind nginx. Metrics
+are per worker process.
+"""
+
+import os
+import resource
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from settings import Settings  # noqa: E402 - light: no torch, no Flask
+
+_settings = Settings.from_env()
+
+bind = ["127.0.0.1:8000"]  # loopback: nginx in front terminates TLS
+worker_class = "gthread"
+# workers: gunicorn's default, $WEB_CONCURRENCY or 1.
+# Enough threads for a full engine (M2FP_QUEUE_MAX waiting + M2FP_BATCH_MAX running) and a few
+# more for decoding and the other routes: the engine's bounded queue, not gunicorn's unbounded
+# thread-pool backlog, is where overload shows (503 + Retry-After instead of growing latency).
+threads = _settings.queue_max + _settings.batch_max + 4
+preload_app = False
+# The heartbeat file in RAM: nothing on disk, and it works under a read-only root.
+worker_tmp_dir = "/dev/shm"
+# gunicorn >= 25.1 opens a control socket in $XDG_RUNTIME_DIR or ~/.gunicorn by default.
+control_socket_disable = True
+# A parse on CPU takes seconds; gthread workers heartbeat from their main thread regardless.
+timeout = 120
+graceful_timeout = 30
+keepalive = 5
+# The audit log (one JSON line per request on stdout) replaces the access log, which would
+# carry query strings; operator messages go to stderr.
+accesslog = None
+errorlog = "-"
+loglevel = "info"
+capture_output = False
+# Bounded request heads (gunicorn's defaults, stated).
+limit_request_line = 4094
+limit_request_fields = 100
+limit_request_field_size = 8190
+# gunicorn's Server header is "gunicorn" without a version (gunicorn.http.wsgi.Response uses
+# gunicorn.SERVER); nginx replaces it with its own in front.
+
+
+def on_starting(server):  # noqa: ARG001 - gunicorn hook signature
+    # No core dumps: a crashing worker would write its memory, uploaded images included, to disk.
+    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+    if server.cfg.workers > 1:
+        server.log.warning(
+            "%d workers: each loads its own model and counts its own metrics; /metrics shows"
+            " the worker that answers. Prefer one worker per instance.",
+            server.cfg.workers,
+        )

@@ -1,0 +1,154 @@
+"""The audit log: exactly one JSON line per request on stdout.
+
+Fields: time, request_id, client, api_key (the key's id), method, path (never the query
+string), status, bytes_in, image ({width, height} before the working-copy downscale), persons,
+latency_ms, outcome ("ok" or the error code). Never image content, file names, key material or
+query strings. The client address is written `full`, `truncated` (IPv4 /24, IPv6 /48) or as a
+keyed `hash` (HMAC-SHA256 with M2FP_AUDIT_HASH_KEY, 16 hex digits), per M2FP_AUDIT_CLIENT.
+
+The core (`client_label`, `AuditLog.emit`) needs no Flask; `init_app` fills a record from the
+request and from what the views left on `flask.g` (`api_key_id`, `bytes_in`, `image_size`,
+`persons`, `error_code`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import ipaddress
+import json
+import logging
+import secrets
+import sys
+import time
+from datetime import UTC, datetime
+from typing import Any, TextIO
+
+LOGGER_NAME = "m2fp.audit"
+_MAX_PATH = 200
+
+
+def client_label(address: str | None, mode: str, hash_key: bytes) -> str | None:
+    """The client address as the audit log writes it (`mode`: full | truncated | hash)."""
+    if not address:
+        return None
+    if mode == "full":
+        return address
+    if mode == "hash":
+        return hmac.new(hash_key, address.encode(), hashlib.sha256).hexdigest()[:16]
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return "unknown"
+    prefix = 24 if ip.version == 4 else 48
+    return str(ipaddress.ip_network(f"{ip}/{prefix}", strict=False).network_address)
+
+
+class CurrentStream(logging.StreamHandler):
+    """Writes to whatever `sys.stdout` / `sys.stderr` is when a record is emitted (so tests
+    that swap them, and gunicorn's redirections, see every line)."""
+
+    def __init__(self, name: str = "stdout") -> None:
+        self._which = name
+        super().__init__()
+
+    @property  # type: ignore[override]
+    def stream(self) -> TextIO:
+        return getattr(sys, self._which)
+
+    @stream.setter
+    def stream(self, _value: TextIO) -> None:
+        pass
+
+
+def audit_logger() -> logging.Logger:
+    """The `m2fp.audit` logger: JSON lines on stdout, not propagated to the operator log."""
+    logger = logging.getLogger(LOGGER_NAME)
+    if not any(isinstance(h, CurrentStream) for h in logger.handlers):
+        handler = CurrentStream("stdout")
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    logger.propagate = False
+    return logger
+
+
+class AuditLog:
+    def __init__(self, *, client_mode: str = "truncated", hash_key: str | None = None) -> None:
+        self.client_mode = client_mode
+        # Without a configured key the hash is stable for this process only.
+        self._hash_key = hash_key.encode() if hash_key else secrets.token_bytes(32)
+        self._logger = audit_logger()
+
+    def emit(
+        self,
+        *,
+        request_id: str,
+        client: str | None,
+        method: str,
+        path: str,
+        status: int,
+        latency_s: float,
+        api_key: str | None = None,
+        bytes_in: int = 0,
+        image_size: tuple[int, int] | None = None,
+        persons: int | None = None,
+        outcome: str = "ok",
+    ) -> dict[str, Any]:
+        record = {
+            "time": datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+            "request_id": request_id,
+            "client": client_label(client, self.client_mode, self._hash_key),
+            "api_key": api_key,
+            "method": method[:16],
+            "path": path[:_MAX_PATH],
+            "status": status,
+            "bytes_in": bytes_in,
+            "image": {"width": image_size[0], "height": image_size[1]} if image_size else None,
+            "persons": persons,
+            "latency_ms": round(latency_s * 1000.0, 1),
+            "outcome": outcome,
+        }
+        self._logger.info(json.dumps(record, separators=(",", ":"), ensure_ascii=True))
+        return record
+
+
+def init_app(app: Any, *, client_mode: str, hash_key: str | None) -> AuditLog:
+    """Log every request once, as the last `after_request` step (register this hook first)."""
+    from flask import g, request
+
+    from web.context import request_id
+
+    audit = AuditLog(client_mode=client_mode, hash_key=hash_key)
+    if client_mode == "hash" and not hash_key:
+        logging.getLogger("security.audit").warning(
+            "M2FP_AUDIT_CLIENT=hash without M2FP_AUDIT_HASH_KEY: client hashes use a random key"
+            " of this process and will not match across workers or restarts"
+        )
+
+    @app.after_request
+    def _audit(response: Any) -> Any:
+        if g.get("audited"):  # an after_request hook failed and Flask ran them again
+            return response
+        g.audited = True
+        started = g.get("started", time.perf_counter())
+        audit.emit(
+            request_id=request_id(),
+            client=request.remote_addr,
+            method=request.method,
+            path=request.path,
+            status=response.status_code,
+            latency_s=time.perf_counter() - started,
+            api_key=g.get("api_key_id"),
+            bytes_in=request.content_length or g.get("bytes_in", 0),
+            image_size=g.get("image_size"),
+            persons=g.get("persons"),
+            outcome="ok" if response.status_code < 400 else g.get("error_code", "error"),
+        )
+        return response
+
+    app.extensions["m2fp_audit"] = audit
+    return audit
+
+
+__all__ = ["AuditLog", "CurrentStream", "audit_logger", "client_label", "init_app"]

@@ -1,0 +1,262 @@
+"""Abuse control for the parse endpoint: API keys, rate limits (flask-limiter) and bans.
+
+Who a request is (`Identity`): the API key's id when the client presents a valid key, else the
+client address (IPv6 by /64, the block one host usually owns). The address is `remote_addr`
+after `ProxyFix` has taken exactly `M2FP_TRUSTED_PROXIES` hops of X-Forwarded-For, so behind
+nginx each client is itself and not nginx, and a client cannot forge its way past the proxies.
+
+- API keys: `Authorization: Bearer <key>` or `X-API-Key: <key>`, looked up in the hashed keys
+  file (`security.api_keys`). With M2FP_API_KEYS_REQUIRED no key → 401; an unknown key → 403.
+- Rate limit: M2FP_RATE_LIMIT per address; a key's own limit (or M2FP_RATE_LIMIT) per key.
+  Moving window, so "5 per minute" means at most 5 in any 60 s. 429 + Retry-After.
+- Bans: M2FP_BAN_AFTER invalid uploads (what `security.uploads` rejects: 415 type, 422 decode,
+  413 pixels) within M2FP_BAN_WINDOW_SECONDS → 429 `temporarily_banned` for M2FP_BAN_SECONDS.
+
+Limits and bans live in the same `limits` storage: memory:// (one process) or redis:// (shared
+by every worker and machine). An unreachable storage fails closed: 503, never unlimited.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import math
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from limits import parse_many
+from limits.storage import Storage
+
+from security.errors import BadRequest, Banned, Forbidden, Unauthorized
+from settings import Settings, SettingsError
+
+log = logging.getLogger("security.abuse")
+
+
+def client_bucket(address: str | None) -> str:
+    """The rate-limit subject for a client address: IPv4 as is, IPv6 by its /64."""
+    if not address:
+        return "unknown"
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return address[:64]
+    if ip.version == 4:
+        return str(ip)
+    if ip.ipv4_mapped is not None:  # ::ffff:a.b.c.d is the IPv4 client a.b.c.d
+        return str(ip.ipv4_mapped)
+    return str(ipaddress.ip_network(f"{ip}/64", strict=False))
+
+
+def presented_key(headers: Mapping[str, str]) -> str | None:
+    """The API key a request carries, or None.
+
+    Other Authorization schemes (`Basic` from an nginx `auth_basic` in front...) are not ours
+    and are ignored.
+
+    Raises:
+        BadRequest: `Authorization: Bearer` without a key, or two different keys.
+    """
+    keys = []
+    scheme, _, token = headers.get("Authorization", "").strip().partition(" ")
+    if scheme.lower() == "bearer":
+        if not token.strip():
+            raise BadRequest("The Authorization header must be 'Bearer <API key>'.")
+        keys.append(token.strip())
+    header_key = headers.get("X-API-Key")
+    if header_key is not None and header_key.strip():
+        keys.append(header_key.strip())
+    if len(set(keys)) > 1:
+        raise BadRequest("Authorization and X-API-Key carry different keys.")
+    return keys[0] if keys else None
+
+
+@dataclass(frozen=True)
+class Identity:
+    subject: str  # "key:<id>" or "ip:<address or /64>": the rate-limit and ban bucket
+    limit: str  # the rate limit of this subject
+    api_key_id: str | None = None
+
+
+class Gatekeeper:
+    """Decides who a request is: API key lookup, or the client address."""
+
+    def __init__(self, *, default_limit: str, keys: Any = None, keys_required: bool = False):
+        self.default_limit = default_limit
+        self.keys = keys  # security.api_keys.ApiKeyStore or None
+        self.keys_required = keys_required
+
+    def identify(self, headers: Mapping[str, str], address: str | None) -> Identity:
+        """Raises Unauthorized (no key but one is required), Forbidden (unknown key)."""
+        key = presented_key(headers)
+        if key is None:
+            if self.keys_required:
+                raise Unauthorized(
+                    "An API key is required: send 'Authorization: Bearer <key>' or 'X-API-Key'."
+                )
+            return Identity(f"ip:{client_bucket(address)}", self.default_limit)
+        if self.keys is None:  # no keys file: keys mean nothing, the address counts
+            return Identity(f"ip:{client_bucket(address)}", self.default_limit)
+        found = self.keys.lookup(key)  # constant time; over-long values are no key
+        if found is None:
+            raise Forbidden("This API key is not valid.")
+        return Identity(f"key:{found.id}", found.limit or self.default_limit, found.id)
+
+
+class BanList:
+    """Temporary bans after repeated invalid uploads, in a `limits` storage."""
+
+    def __init__(self, storage: Storage, *, after: int, window_s: int, ban_s: int) -> None:
+        self.storage = storage
+        self.after, self.window_s, self.ban_s = after, window_s, ban_s
+
+    def retry_after(self, subject: str) -> int | None:
+        """Seconds left on `subject`'s ban, or None when it is not banned."""
+        key = f"m2fp-ban/{subject}"
+        if self.storage.get(key) <= 0:
+            return None
+        return max(1, math.ceil(self.storage.get_expiry(key) - time.time()))
+
+    def strike(self, subject: str) -> bool:
+        """Count one invalid upload; True when this one earns the ban."""
+        strikes = self.storage.incr(f"m2fp-strikes/{subject}", self.window_s)
+        if strikes < self.after:
+            return False
+        self.storage.incr(f"m2fp-ban/{subject}", self.ban_s)
+        self.storage.clear(f"m2fp-strikes/{subject}")
+        # Who: the audit line of this request, in the client form the operator chose.
+        log.warning("a client is banned for %d s after %d invalid uploads", self.ban_s, strikes)
+        return True
+
+
+def load_keys(settings: Settings) -> Any:
+    """The API key store of M2FP_API_KEYS_FILE (None without one), every limit checked."""
+    if settings.api_keys_file is None:
+        if settings.api_keys_required:
+            raise SettingsError("M2FP_API_KEYS_REQUIRED is set but M2FP_API_KEYS_FILE is not")
+        return None
+    from security.api_keys import ApiKeyStore
+
+    path = Path(settings.api_keys_file)
+    try:
+        store = ApiKeyStore.from_file(path)
+    except (OSError, ValueError) as exc:
+        raise SettingsError(f"M2FP_API_KEYS_FILE={path}: {exc}") from None
+    return store
+
+
+def check_limit(name: str, value: str) -> str:
+    try:
+        if not parse_many(value):
+            raise ValueError("no limit")
+    except ValueError:
+        raise SettingsError(
+            f"{name}={value!r} is not a rate limit such as '5 per minute'"
+        ) from None
+    return value
+
+
+class AbuseControl:
+    """The limiter, the gatekeeper and the ban list of one app (`app.extensions`)."""
+
+    def __init__(self, limiter: Any, gatekeeper: Gatekeeper, bans: BanList) -> None:
+        self.limiter, self.gatekeeper, self.bans = limiter, gatekeeper, bans
+
+    @property
+    def storage(self) -> Storage:
+        return self.limiter.storage
+
+
+def init_app(app: Any, settings: Settings, *, endpoints: tuple[str, ...]) -> AbuseControl:
+    """Protect `endpoints` (already registered): identity and ban check before the view, the
+    rate limit around it. Other routes (health, readiness, metrics, pages) are never limited."""
+    from flask import g, request
+    from flask_limiter import Limiter
+
+    check_limit("M2FP_RATE_LIMIT", settings.rate_limit)
+    gatekeeper = Gatekeeper(
+        default_limit=settings.rate_limit,
+        keys=load_keys(settings),
+        keys_required=settings.api_keys_required,
+    )
+    limiter = Limiter(
+        lambda: g.identity.subject,
+        storage_uri=settings.ratelimit_storage,
+        storage_options={"wrap_exceptions": True},
+        strategy="moving-window",
+        headers_enabled=True,
+        key_prefix="m2fp",
+        swallow_errors=False,
+    )
+    # flask-limiter puts Retry-After on every response of a limited route and raises any
+    # existing one to its own window reset. Registered before it, this hook runs after it.
+    app.after_request(_own_retry_after)
+    try:
+        limiter.init_app(app)
+    except Exception as exc:  # limits' ConfigurationError, redis URL errors...
+        raise SettingsError(f"M2FP_RATELIMIT_STORAGE: {exc}") from None
+    abuse = AbuseControl(
+        limiter,
+        gatekeeper,
+        BanList(
+            limiter.storage,
+            after=settings.ban_after,
+            window_s=settings.ban_window_seconds,
+            ban_s=settings.ban_seconds,
+        ),
+    )
+
+    @app.before_request
+    def _gate() -> None:
+        if request.endpoint not in endpoints or request.method == "OPTIONS":
+            return
+        identity = gatekeeper.identify(request.headers, request.remote_addr)
+        g.identity = identity
+        g.api_key_id = identity.api_key_id
+        retry = abuse.bans.retry_after(identity.subject)
+        if retry is not None:
+            raise Banned(retry_after=retry)
+
+    limit = limiter.limit(lambda: g.identity.limit, methods=["POST"])
+    for endpoint in endpoints:
+        app.view_functions[endpoint] = limit(app.view_functions[endpoint])
+    app.extensions["m2fp_abuse"] = abuse
+    return abuse
+
+
+def _own_retry_after(response: Any) -> Any:
+    """Retry-After only where it means something: the service's own 429/503 keep their value,
+    the limiter's 429 keeps the limiter's, every other response has none."""
+    from flask import g
+
+    own = g.get("retry_after")
+    if own is not None:
+        response.headers["Retry-After"] = str(own)
+    elif g.get("error_code") != "rate_limited":
+        response.headers.pop("Retry-After", None)
+    return response
+
+
+def record_invalid_upload() -> bool:
+    """Count an invalid upload against the current request's subject; True if now banned."""
+    from flask import current_app, g
+
+    identity = g.get("identity")
+    if identity is None:
+        return False
+    return current_app.extensions["m2fp_abuse"].bans.strike(identity.subject)
+
+
+__all__ = [
+    "AbuseControl",
+    "BanList",
+    "Gatekeeper",
+    "Identity",
+    "client_bucket",
+    "init_app",
+    "presented_key",
+    "record_invalid_upload",
+]

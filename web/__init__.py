@@ -1,0 +1,102 @@
+"""The Flask side of the service: blueprints, the error mapping, metrics, the model runtime.
+
+`app.create_app` calls `init_app` once; everything it builds lives in `app.extensions`:
+`m2fp` (the engine), `m2fp_service`, `m2fp_settings`, `m2fp_abuse`, `m2fp_audit`,
+`m2fp_metrics_allow`.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+from flask import Flask, g, request
+from flask.wrappers import Response
+from werkzeug.middleware.proxy_fix import ProxyFix
+
+from security import audit, headers, rate_limit
+from security.uploads import UploadPolicy
+from settings import Settings
+from web import context, errors
+from web.metrics import NetworkAllowList, ServiceMetrics
+from web.overload import MemoryGuard, default_probe
+from web.runtime import ModelRuntime, build_engine
+from web.service import ParseService
+
+PROTECTED_ENDPOINTS = ("api.parse",)
+
+
+def configure_logging() -> None:
+    """The operator log: records of `m2fp.*` (model, engine, service) and `security.*`
+    (weights decryption, abuse control) at INFO and above on stderr. The audit log, on stdout,
+    is `security.audit`'s own logger and does not propagate here."""
+    for name in ("m2fp", "security"):
+        logger = logging.getLogger(name)
+        if not any(isinstance(h, audit.CurrentStream) for h in logger.handlers):
+            handler = audit.CurrentStream("stderr")
+            handler.setFormatter(
+                logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
+            )
+            logger.addHandler(handler)
+        logger.setLevel(logging.INFO)
+        logger.propagate = False
+
+
+def init_app(app: Flask, settings: Settings, *, engine: Any = None, model: Any = None) -> None:
+    from web import api, ops, pages
+
+    configure_logging()
+    app.config.from_mapping(context.flask_config(settings))
+    if settings.trusted_proxies:
+        app.wsgi_app = ProxyFix(  # type: ignore[method-assign]
+            app.wsgi_app, x_for=settings.trusted_proxies, x_proto=settings.trusted_proxies
+        )
+    # after_request hooks run in reverse order: the audit line, registered first, comes last.
+    context.init_app(app)
+    audit.init_app(app, client_mode=settings.audit_client, hash_key=settings.audit_hash_key)
+    metrics = ServiceMetrics()
+    _count_requests(app, metrics)
+    headers.init_app(app, cors_origins=settings.cors_origins)
+    errors.init_app(app)
+    for blueprint in (api.bp, ops.bp, pages.bp):
+        app.register_blueprint(blueprint)
+    rate_limit.init_app(app, settings, endpoints=PROTECTED_ENDPOINTS)
+
+    limit = int(settings.memory_limit_mb * 1024 * 1024) if settings.memory_limit_mb else None
+    if engine is None:
+        engine = build_engine(settings, model=model, on_batch=metrics.observe_batch)
+    runtime = ModelRuntime(engine)
+    service = ParseService(
+        runtime=runtime,
+        policy=UploadPolicy.from_settings(settings),
+        memory=MemoryGuard(settings.memory_shed_fraction, default_probe(limit)),
+        metrics=metrics,
+    )
+    metrics.bind(
+        queue_depth=lambda: engine.queue_depth,
+        model_ready=lambda: float(runtime.ready),
+        memory_ratio=lambda: service.memory.reading().ratio,
+    )
+    app.extensions.update(
+        m2fp=engine,
+        m2fp_service=service,
+        m2fp_settings=settings,
+        m2fp_metrics_allow=NetworkAllowList(settings.metrics_allow),
+    )
+    runtime.start()
+
+
+def _count_requests(app: Flask, metrics: ServiceMetrics) -> None:
+    @app.after_request
+    def _count(response: Response) -> Response:
+        route = request.url_rule.rule if request.url_rule is not None else "<unmatched>"
+        metrics.requests.labels(route, request.method, str(response.status_code)).inc()
+        started = g.get("started", time.perf_counter())
+        metrics.latency.labels(route).observe(time.perf_counter() - started)
+        if response.status_code >= 400:
+            metrics.rejections.labels(g.get("error_code", f"http_{response.status_code}")).inc()
+        return response
+
+
+__all__ = ["PROTECTED_ENDPOINTS", "configure_logging", "init_app"]

@@ -1,0 +1,95 @@
+"""The one place where failures become the JSON error of the API contract.
+
+`{"error": {"code": ..., "message": ..., "request_id": ...}}` for every 4xx and 5xx: the
+service's own `ServiceError`s, werkzeug's `HTTPException`s (404, 405, 413 from
+`MAX_CONTENT_LENGTH`, 429 from flask-limiter...) and anything unexpected, which becomes a 500
+carrying only the request id while the traceback goes to the operator log (stderr).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from flask import Flask, g, jsonify
+from flask.wrappers import Response
+from limits.errors import StorageError
+from werkzeug.exceptions import HTTPException
+
+from security.errors import ServiceError
+from web.context import request_id
+
+log = logging.getLogger("m2fp.service")
+
+# Stable codes for werkzeug's errors; anything else is named after its status.
+_HTTP_CODES: dict[int, tuple[str, str]] = {
+    400: ("bad_request", "The request is malformed."),
+    401: ("unauthorized", "An API key is required."),
+    403: ("forbidden", "Access to this resource is not allowed."),
+    404: ("not_found", "There is nothing at this address."),
+    405: ("method_not_allowed", "This method is not allowed here."),
+    406: ("not_acceptable", "No acceptable representation."),
+    413: ("payload_too_large", "The upload is too large."),
+    414: ("uri_too_long", "The address is too long."),
+    415: ("unsupported_media_type", "Only JPEG, PNG and WebP images are accepted."),
+    429: ("rate_limited", "Too many requests; try again later."),
+    431: ("headers_too_large", "The request headers are too large."),
+    500: ("internal_error", "The server could not complete the request."),
+    503: ("unavailable", "The service is unavailable; try again shortly."),
+}
+
+
+def error_response(
+    status: int, code: str, message: str, *, retry_after: int | None = None
+) -> Response:
+    """The JSON error response; remembers the code for the audit log and the metrics."""
+    g.error_code = code
+    body: dict[str, Any] = {"error": {"code": code, "message": message, "request_id": request_id()}}
+    response = jsonify(body)
+    response.status_code = status
+    if retry_after is not None:
+        g.retry_after = max(1, int(retry_after))
+        response.headers["Retry-After"] = str(g.retry_after)
+    return response
+
+
+def _service_error(exc: ServiceError) -> Response:
+    response = error_response(exc.status, exc.code, exc.message, retry_after=exc.retry_after)
+    if exc.status == 401:
+        response.headers["WWW-Authenticate"] = 'Bearer realm="api"'
+    return response
+
+
+def _http_error(exc: HTTPException) -> Response:
+    status = exc.code or 500
+    code, message = _HTTP_CODES.get(status, (f"http_{status}", "The request failed."))
+    response = error_response(status, code, message)
+    # Keep what werkzeug meant to send (Allow on 405, Retry-After...), but not its HTML.
+    for name, value in exc.get_headers():
+        if name.lower() != "content-type":
+            response.headers[name] = value
+    return response
+
+
+def _storage_down(exc: StorageError) -> Response:
+    # Rate limits and bans cannot be checked: refuse (fail closed) rather than serve unlimited.
+    log.error("rate-limit storage unreachable: %s", exc.storage_error)
+    return error_response(
+        503, "unavailable", "The service is unavailable; try again shortly.", retry_after=5
+    )
+
+
+def _unexpected(exc: Exception) -> Response:
+    # The traceback (no local variables) goes to the operator log; the client sees the id only.
+    log.error("unhandled error in request %s", request_id(), exc_info=exc)
+    return error_response(500, "internal_error", _HTTP_CODES[500][1])
+
+
+def init_app(app: Flask) -> None:
+    app.register_error_handler(ServiceError, _service_error)
+    app.register_error_handler(HTTPException, _http_error)
+    app.register_error_handler(StorageError, _storage_down)
+    app.register_error_handler(Exception, _unexpected)
+
+
+__all__ = ["error_response", "init_app"]

@@ -1,0 +1,413 @@
+"""The OpenAPI 3.1 document of the service, served at `GET /api/v1/openapi.json`.
+
+Written by hand next to the views it describes; a test validates it with
+openapi-spec-validator and checks that every route of `app.url_map` is in it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flask import Flask
+
+from web.options import DEFAULT_ALPHA, IMAGE_FORMATS, MASK_FORMATS, OUTPUTS
+
+ERROR_STATUSES = {
+    "400": "Malformed request: no image, bad JSON or base64, an unknown or invalid option.",
+    "401": "An API key is required (M2FP_API_KEYS_REQUIRED) and none was sent.",
+    "403": "The API key is not valid.",
+    "413": "Too many bytes (M2FP_MAX_UPLOAD_MB) or too many pixels (M2FP_MAX_PIXELS).",
+    "415": "Not a JPEG, PNG or WebP, or the bytes are not what the name or type claims.",
+    "422": "A JPEG, PNG or WebP that does not decode (truncated, corrupt).",
+    "429": "Rate limited (`rate_limited`) or temporarily banned (`temporarily_banned`).",
+    "503": "Model not ready (`not_ready`) or server overloaded (`overloaded`).",
+}
+
+
+def _ref(name: str) -> dict[str, str]:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def _error_response(description: str, retry_after: bool = False) -> dict[str, Any]:
+    response: dict[str, Any] = {
+        "description": description,
+        "headers": {"X-Request-ID": {"$ref": "#/components/headers/X-Request-ID"}},
+        "content": {"application/json": {"schema": _ref("Error")}},
+    }
+    if retry_after:
+        response["headers"]["Retry-After"] = {"$ref": "#/components/headers/Retry-After"}
+    return response
+
+
+def _json_response(description: str, schema: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "description": description,
+        "headers": {"X-Request-ID": {"$ref": "#/components/headers/X-Request-ID"}},
+        "content": {"application/json": {"schema": schema}},
+    }
+
+
+def _query(name: str, description: str, schema: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "name": name,
+        "in": "query",
+        "required": False,
+        "description": description,
+        "schema": schema,
+    }
+
+
+def _parse_operation(max_bytes: int) -> dict[str, Any]:
+    binary = {"type": "string", "contentMediaType": "application/octet-stream"}
+    image_headers = {
+        "X-Request-ID": {"$ref": "#/components/headers/X-Request-ID"},
+        "X-Image-Width": {
+            "description": "Width of the returned image.",
+            "schema": {"type": "integer"},
+        },
+        "X-Image-Height": {
+            "description": "Height of the returned image.",
+            "schema": {"type": "integer"},
+        },
+        "X-Persons": {"description": "Persons found.", "schema": {"type": "integer"}},
+    }
+    responses: dict[str, Any] = {
+        "200": {
+            "description": "The parse: a JSON document, or an overlay or cutout image.",
+            "headers": image_headers,
+            "content": {
+                "application/json": {"schema": _ref("ParseResult")},
+                "image/png": {"schema": binary},
+                "image/webp": {"schema": binary},
+            },
+        }
+    }
+    for status in ERROR_STATUSES:
+        responses[status] = {"$ref": f"#/components/responses/E{status}"}
+    return {
+        "operationId": "parse",
+        "summary": "Parse the persons of one image.",
+        "description": (
+            "Finds every person and labels each pixel with one of 20 classes. Without `output`"
+            " the Accept header decides: `image/png` (or `image/webp`) before JSON gives an"
+            " overlay, anything else JSON. Results are at the size of the working copy (longest"
+            f" side at most M2FP_MAX_SIDE). At most {max_bytes} bytes of image. Rate limited"
+            " per client address or per API key."
+        ),
+        "security": [{}, {"bearer": []}, {"apiKey": []}],
+        "parameters": [
+            _query(
+                "output",
+                "overlay (colour overlay image), json, or cutout (transparent image of"
+                " `classes`). Default from the Accept header.",
+                {"type": "string", "enum": list(OUTPUTS)},
+            ),
+            _query(
+                "format",
+                "Image format of overlay and cutout (WebP is lossless).",
+                {"type": "string", "enum": list(IMAGE_FORMATS), "default": "png"},
+            ),
+            _query(
+                "alpha",
+                "Overlay opacity.",
+                {"type": "number", "minimum": 0, "maximum": 1, "default": DEFAULT_ALPHA},
+            ),
+            _query(
+                "instances",
+                "Per-person masks in the JSON.",
+                {"type": "boolean", "default": True},
+            ),
+            _query(
+                "mask_format",
+                "Encoding of per-person masks: COCO compressed RLE or base64 PNG.",
+                {"type": "string", "enum": list(MASK_FORMATS), "default": "rle"},
+            ),
+            _query(
+                "include_overlay",
+                "Also put the overlay PNG (base64) in the JSON.",
+                {"type": "boolean", "default": False},
+            ),
+            _query(
+                "classes",
+                "Comma-separated class ids (0-19): the classes of a cutout (default 1-19), or"
+                " the classes tinted in an overlay (default all).",
+                {"type": "string", "pattern": "^[0-9]{1,2}(,[0-9]{1,2})*$"},
+            ),
+        ],
+        "requestBody": {
+            "required": True,
+            "content": {
+                "multipart/form-data": {
+                    "schema": {
+                        "type": "object",
+                        "properties": {
+                            "image": {
+                                "type": "string",
+                                "contentMediaType": "application/octet-stream",
+                                "description": "The image (aliases: `file`, `image_file`).",
+                            }
+                        },
+                        "required": ["image"],
+                    }
+                },
+                "image/jpeg": {"schema": binary},
+                "image/png": {"schema": binary},
+                "image/webp": {"schema": binary},
+                "application/octet-stream": {"schema": binary},
+                "application/json": {
+                    "schema": {
+                        "type": "object",
+                        "properties": {
+                            "image": {
+                                "type": "string",
+                                "description": "Base64 image, or a data URL"
+                                " (`data:image/png;base64,...`).",
+                            }
+                        },
+                        "required": ["image"],
+                    }
+                },
+            },
+        },
+        "responses": responses,
+    }
+
+
+def _schemas() -> dict[str, Any]:
+    integer = {"type": "integer"}
+    return {
+        "Error": {
+            "type": "object",
+            "required": ["error"],
+            "properties": {
+                "error": {
+                    "type": "object",
+                    "required": ["code", "message", "request_id"],
+                    "properties": {
+                        "code": {"type": "string", "examples": ["unsupported_media_type"]},
+                        "message": {"type": "string"},
+                        "request_id": {"type": "string"},
+                    },
+                }
+            },
+        },
+        "Class": {
+            "type": "object",
+            "required": ["id", "name", "color"],
+            "properties": {
+                "id": {"type": "integer", "minimum": 0, "maximum": 19},
+                "name": {"type": "string"},
+                "color": {"type": "string", "pattern": "^#[0-9a-f]{6}$"},
+            },
+        },
+        "ClassStat": {
+            "allOf": [_ref("Class")],
+            "type": "object",
+            "properties": {
+                "pixels": integer,
+                "fraction": {"type": "number", "minimum": 0, "maximum": 1},
+            },
+        },
+        "EncodedImage": {
+            "type": "object",
+            "required": ["format", "data"],
+            "properties": {
+                "format": {"const": "png"},
+                "data": {"type": "string", "contentEncoding": "base64"},
+            },
+        },
+        "Mask": {
+            "oneOf": [
+                {
+                    "type": "object",
+                    "required": ["format", "size", "counts"],
+                    "properties": {
+                        "format": {"const": "rle"},
+                        "size": {"type": "array", "items": integer, "minItems": 2, "maxItems": 2},
+                        "counts": {"type": "string"},
+                    },
+                },
+                _ref("EncodedImage"),
+            ]
+        },
+        "Person": {
+            "type": "object",
+            "required": ["id", "score", "bbox", "area", "parts", "part_pixels"],
+            "properties": {
+                "id": integer,
+                "score": {"type": "number"},
+                "bbox": {
+                    "type": "array",
+                    "items": integer,
+                    "minItems": 4,
+                    "maxItems": 4,
+                    "description": "x, y, width, height (COCO).",
+                },
+                "area": {"type": "integer", "description": "Pixels of the person's mask."},
+                "parts": {"type": "array", "items": integer},
+                "part_pixels": {
+                    "type": "object",
+                    "description": "Class id (as a string) → pixels of that class in the person.",
+                    "additionalProperties": integer,
+                },
+                "mask": _ref("Mask"),
+            },
+        },
+        "ParseResult": {
+            "type": "object",
+            "required": ["request_id", "image", "classes", "persons", "label_map", "timing_ms"],
+            "properties": {
+                "request_id": {"type": "string"},
+                "image": {
+                    "type": "object",
+                    "required": ["width", "height"],
+                    "properties": {"width": integer, "height": integer},
+                },
+                "classes": {"type": "array", "items": _ref("ClassStat")},
+                "persons": {"type": "array", "items": _ref("Person")},
+                "label_map": _ref("EncodedImage"),
+                "overlay": _ref("EncodedImage"),
+                "timing_ms": {
+                    "type": "object",
+                    "additionalProperties": {"type": "number"},
+                    "properties": {
+                        "decode": {"type": "number"},
+                        "inference": {"type": "number"},
+                        "render": {"type": "number"},
+                        "total": {"type": "number"},
+                    },
+                },
+            },
+        },
+        "Status": {
+            "type": "object",
+            "required": ["status"],
+            "properties": {"status": {"type": "string"}},
+        },
+    }
+
+
+def openapi_document(app: Flask) -> dict[str, Any]:
+    settings = app.extensions["m2fp_settings"]
+    html = {"content": {"text/html": {"schema": {"type": "string"}}}}
+    return {
+        "openapi": "3.1.0",
+        "info": {
+            "title": "Human parsing API",
+            "version": "1",
+            "description": "Private human parsing: uploads are processed in memory and never"
+            ' stored. Errors are JSON `{"error": {code, message, request_id}}`.',
+        },
+        "paths": {
+            "/": {
+                "get": {
+                    "summary": "Drag-and-drop page.",
+                    "responses": {"200": {"description": "HTML page.", **html}},
+                }
+            },
+            "/kiosk": {
+                "get": {
+                    "summary": "Kiosk page.",
+                    "responses": {"200": {"description": "HTML page.", **html}},
+                }
+            },
+            "/static/{filename}": {
+                "get": {
+                    "summary": "Scripts, styles and images of the pages.",
+                    "parameters": [
+                        {
+                            "name": "filename",
+                            "in": "path",
+                            "required": True,
+                            "schema": {"type": "string"},
+                        }
+                    ],
+                    "responses": {
+                        "200": {"description": "The file."},
+                        "404": {"$ref": "#/components/responses/E404"},
+                    },
+                }
+            },
+            "/api/v1/parse": {"post": _parse_operation(settings.max_upload_bytes)},
+            "/api/v1/classes": {
+                "get": {
+                    "operationId": "classes",
+                    "summary": "Class ids, names and palette colours (the legend).",
+                    "responses": {
+                        "200": _json_response(
+                            "The 20 classes.",
+                            {
+                                "type": "object",
+                                "required": ["classes"],
+                                "properties": {
+                                    "classes": {"type": "array", "items": _ref("Class")}
+                                },
+                            },
+                        )
+                    },
+                }
+            },
+            "/api/v1/openapi.json": {
+                "get": {
+                    "operationId": "openapi",
+                    "summary": "This document.",
+                    "responses": {"200": _json_response("OpenAPI 3.1.", {"type": "object"})},
+                }
+            },
+            "/healthz": {
+                "get": {
+                    "operationId": "healthz",
+                    "summary": "The process is alive.",
+                    "responses": {"200": _json_response("Alive.", _ref("Status"))},
+                }
+            },
+            "/readyz": {
+                "get": {
+                    "operationId": "readyz",
+                    "summary": "A parse would be accepted now (model loaded and warmed up, memory"
+                    " below the shedding threshold, rate-limit storage reachable).",
+                    "responses": {
+                        "200": _json_response("Ready.", _ref("Status")),
+                        "503": {"$ref": "#/components/responses/E503"},
+                    },
+                }
+            },
+            "/metrics": {
+                "get": {
+                    "operationId": "metrics",
+                    "summary": "Prometheus metrics of this worker (M2FP_METRICS_ALLOW only).",
+                    "responses": {
+                        "200": {
+                            "description": "Prometheus text format.",
+                            "content": {"text/plain": {"schema": {"type": "string"}}},
+                        },
+                        "403": {"$ref": "#/components/responses/E403"},
+                    },
+                }
+            },
+        },
+        "components": {
+            "schemas": _schemas(),
+            "responses": {
+                f"E{status}": _error_response(text, retry_after=status in ("429", "503"))
+                for status, text in {**ERROR_STATUSES, "404": "Not found."}.items()
+            },
+            "headers": {
+                "X-Request-ID": {
+                    "description": "The request id (from nginx when sane, else generated).",
+                    "schema": {"type": "string"},
+                },
+                "Retry-After": {
+                    "description": "Seconds to wait before trying again.",
+                    "schema": {"type": "integer"},
+                },
+            },
+            "securitySchemes": {
+                "bearer": {"type": "http", "scheme": "bearer"},
+                "apiKey": {"type": "apiKey", "in": "header", "name": "X-API-Key"},
+            },
+        },
+    }
+
+
+__all__ = ["openapi_document"]

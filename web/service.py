@@ -1,0 +1,87 @@
+"""What a parse needs besides HTTP: admission (readiness, memory), upload validation with ban
+strikes, inference through the engine's queue. One instance per app, in
+`app.extensions["m2fp_service"]`; the engine itself is `app.extensions["m2fp"]`."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from m2fp.engine import EngineNotReady, QueueFull
+from security import rate_limit
+from security.errors import (
+    NotReady,
+    Overloaded,
+    PayloadTooLarge,
+    UnprocessableImage,
+    UnsupportedMediaType,
+)
+from security.uploads import DecodedImage, UploadPolicy, load_upload
+from web.inputs import Upload
+from web.metrics import ServiceMetrics
+from web.overload import MemoryGuard
+from web.runtime import ModelRuntime
+
+# Seconds a client is asked to wait: the queue drains in about a batch time; a model that is
+# loading needs longer.
+RETRY_OVERLOADED = 2
+RETRY_NOT_READY = 10
+# Longest wait for a result (queue + inference). On CPU the full model takes seconds per image;
+# beyond this the request gives up with 503 rather than holding its thread forever.
+ENGINE_TIMEOUT_S = 120.0
+
+
+@dataclass
+class ParseService:
+    runtime: ModelRuntime
+    policy: UploadPolicy
+    memory: MemoryGuard
+    metrics: ServiceMetrics
+
+    @property
+    def engine(self) -> Any:
+        return self.runtime.engine
+
+    def admit(self) -> None:
+        """Raises NotReady / Overloaded before any body is read."""
+        if not self.runtime.ready:
+            raise NotReady(retry_after=RETRY_NOT_READY)
+        if self.memory.shedding:
+            raise Overloaded(
+                "The server is low on memory; try again shortly.", retry_after=RETRY_OVERLOADED
+            )
+
+    def decode(self, upload: Upload) -> DecodedImage:
+        """`security.uploads.load_upload`; each rejection counts towards a ban."""
+        started = time.perf_counter()
+        try:
+            return load_upload(
+                upload.data,
+                declared_type=upload.declared_type,
+                filename=upload.filename,
+                policy=self.policy,
+            )
+        except (UnsupportedMediaType, UnprocessableImage, PayloadTooLarge):
+            # The byte cap was checked before; a 413 from here is the pixel cap.
+            rate_limit.record_invalid_upload()
+            raise
+        finally:
+            self.metrics.stage.labels("decode").observe(time.perf_counter() - started)
+
+    def infer(self, pixels: Any) -> Any:
+        """The engine's result for `pixels`; a full queue or a slow one is 503 `overloaded`."""
+        started = time.perf_counter()
+        try:
+            return self.engine.parse(pixels, timeout=ENGINE_TIMEOUT_S)
+        except QueueFull:
+            raise Overloaded(retry_after=RETRY_OVERLOADED) from None
+        except EngineNotReady:
+            raise NotReady(retry_after=RETRY_NOT_READY) from None
+        except TimeoutError:
+            raise Overloaded(retry_after=RETRY_OVERLOADED) from None
+        finally:
+            self.metrics.stage.labels("engine").observe(time.perf_counter() - started)
+
+
+__all__ = ["ENGINE_TIMEOUT_S", "ParseService"]
