@@ -122,12 +122,19 @@ class LiveServer:
 
 @contextmanager
 def serve(app) -> Iterator[LiveServer]:
+    """Serve `app` until the block ends, then stop the server and the app's engine."""
     server = LiveServer(app)
     try:
         server.wait_ready()
         yield server
     finally:
         server.close()
+        close_app(app)
+
+
+def close_app(app) -> None:
+    """Stop the engine's batch thread (the app owns it)."""
+    app.extensions["m2fp"].close()
 
 
 # ---- images --------------------------------------------------------------------------------
@@ -213,6 +220,25 @@ def wait_until(page, expression: str, timeout: float = 15.0, arg: Any = None) ->
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out waiting for {expression}")
         page.wait_for_timeout(50)
+
+
+class FileChoosers:
+    """File pickers the page opens. Listen before the action that opens one: Playwright turns
+    interception on without waiting, and a click on key down can beat a listener added just
+    before it (the picker then opens natively, unseen)."""
+
+    def __init__(self, page) -> None:
+        self.page = page
+        self.seen: list = []
+        page.on("filechooser", lambda chooser: self.seen.append(chooser))
+
+    def next(self, timeout: float = 10.0):
+        deadline = time.monotonic() + timeout
+        while not self.seen:
+            if time.monotonic() > deadline:
+                raise AssertionError("no file picker opened")
+            self.page.wait_for_timeout(50)
+        return self.seen.pop(0)
 
 
 def canvas_pixels(page, selector: str) -> np.ndarray:

@@ -18,6 +18,7 @@ from tests.pages_support import (
     DESKTOP,
     EMPTY_STORAGE,
     PHONE,
+    FileChoosers,
     assert_clean,
     canvas_pixels,
     decode_label_map,
@@ -379,6 +380,7 @@ def test_clear_forgets_pixels_and_object_urls(server, context):
 
 def test_keyboard_only_use(server, context):
     page, log = open_page(context, server.url + "/")
+    choosers = FileChoosers(page)
     for _ in range(6):
         page.keyboard.press("Tab")
         if page.evaluate("() => document.activeElement.id") == "dropzone":
@@ -386,11 +388,10 @@ def test_keyboard_only_use(server, context):
     assert page.evaluate("() => document.activeElement.id") == "dropzone"
     outline = page.evaluate("() => getComputedStyle(document.activeElement).outlineStyle")
     assert outline != "none", "the focused drop zone must show a focus ring"
-    with page.expect_file_chooser() as chooser, page.expect_response(is_parse):
-        page.keyboard.press("Enter")
-        chooser.value.set_files(
-            files=[{"name": "p.png", "mimeType": "image/png", "buffer": photo()}]
-        )
+    page.keyboard.press("Enter")
+    chooser = choosers.next()  # Enter on the drop zone opens the file picker
+    with page.expect_response(is_parse):
+        chooser.set_files(files=[{"name": "p.png", "mimeType": "image/png", "buffer": photo()}])
     settle(page)
     before = canvas_pixels(page, "#canvas")
     for _ in range(12):

@@ -9,7 +9,7 @@ from html.parser import HTMLParser
 
 import pytest
 
-from tests.pages_support import REPO, make_app
+from tests.pages_support import REPO, close_app, make_app
 from web.pages import size_label
 
 STATIC = REPO / "static"
@@ -50,7 +50,8 @@ def client(tiny_model_dir):
         kiosk_idle_seconds=17,
         kiosk_notice='Photos are <script>alert("x")</script> never "kept".',
     )
-    return app.test_client()
+    yield app.test_client()
+    close_app(app)
 
 
 def body_attrs(page: Collector) -> dict[str, str | None]:
