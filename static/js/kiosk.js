@@ -328,10 +328,16 @@ $("retry").addEventListener("click", () => {
   wipe();
   openCamera();
 });
-$("pick").addEventListener("click", () => $("file-input").click());
+let pickGeneration = -1;
+$("pick").addEventListener("click", () => {
+  pickGeneration = generation;
+  $("file-input").click();
+});
 $("file-input").addEventListener("change", (e) => {
   const file = e.target.files[0];
-  if (file) pickedFile(file);
+  // A picker left open past the idle reset must not start a session on the welcome screen.
+  if (file && pickGeneration === generation && state === "camera") pickedFile(file);
+  e.target.value = "";
 });
 const peek = $("peek");
 peek.addEventListener("pointerdown", () => setPeek(true));
