@@ -191,6 +191,16 @@ class PageLog:
         return found
 
 
+@contextmanager
+def browser_context(browser, **options: Any) -> Iterator[Any]:
+    """A fresh browser context (own storage, own permissions), closed at the end."""
+    context = browser.new_context(**options)
+    try:
+        yield context
+    finally:
+        context.close()
+
+
 def open_page(context, url: str):
     """A page with the probe and a log; returns (page, log)."""
     page = context.new_page()

@@ -20,6 +20,7 @@ from tests.pages_support import (
     PHONE,
     FileChoosers,
     assert_clean,
+    browser_context,
     canvas_pixels,
     decode_label_map,
     drop_file,
@@ -256,8 +257,9 @@ def test_downloads_are_valid_png_and_json(server, context):
 
 
 def test_copy_overlay_puts_a_png_on_the_clipboard(server, browser):
-    ctx = browser.new_context(viewport=DESKTOP, permissions=["clipboard-read", "clipboard-write"])
-    try:
+    with browser_context(
+        browser, viewport=DESKTOP, permissions=["clipboard-read", "clipboard-write"]
+    ) as ctx:
         page, log = open_page(ctx, server.url + "/")
         answer = parse_by_picking(page)
         page.click("#copy-overlay")
@@ -271,8 +273,6 @@ def test_copy_overlay_puts_a_png_on_the_clipboard(server, browser):
         )
         assert size == [answer["image"]["width"], answer["image"]["height"]]
         assert_clean(page, log)
-    finally:
-        ctx.close()
 
 
 def test_paste_parses_the_clipboard_image(server, context):
@@ -336,26 +336,23 @@ def test_server_415_reads_in_plain_words(server, context):
 
 
 def test_server_429_says_how_long_to_wait(tiny_model_dir, browser):
-    with serve(make_app(tiny_model_dir, rate_limit="1 per minute")) as limited:
-        ctx = browser.new_context(viewport=DESKTOP)
-        try:
-            page, log = open_page(ctx, limited.url + "/")
-            parse_by_picking(page)
-            with page.expect_response(is_parse) as response:
-                pick(page, photo(200, 150))
-            assert response.value.status == 429
-            wait = int(response.value.headers["retry-after"])
-            settle(page)
-            assert page.text_content("#error-title") == "Too many photos in a short time."
-            detail = page.text_content("#error-detail")
-            assert detail.startswith("Please wait ") and detail.endswith(", then try again.")
-            shown = int(detail.split()[2])
-            assert 0 < shown <= wait
-            assert page.is_disabled("#error-retry")
-            shoot(page, "index-desktop-429")
-            assert_clean(page, log, allow=("status of 429",))
-        finally:
-            ctx.close()
+    limited_app = make_app(tiny_model_dir, rate_limit="1 per minute")
+    with serve(limited_app) as limited, browser_context(browser, viewport=DESKTOP) as ctx:
+        page, log = open_page(ctx, limited.url + "/")
+        parse_by_picking(page)
+        with page.expect_response(is_parse) as response:
+            pick(page, photo(200, 150))
+        assert response.value.status == 429
+        wait = int(response.value.headers["retry-after"])
+        settle(page)
+        assert page.text_content("#error-title") == "Too many photos in a short time."
+        detail = page.text_content("#error-detail")
+        assert detail.startswith("Please wait ") and detail.endswith(", then try again.")
+        shown = int(detail.split()[2])
+        assert 0 < shown <= wait
+        assert page.is_disabled("#error-retry")
+        shoot(page, "index-desktop-429")
+        assert_clean(page, log, allow=("status of 429",))
 
 
 def test_clear_forgets_pixels_and_object_urls(server, context):
@@ -412,8 +409,7 @@ def test_keyboard_only_use(server, context):
     [("phone", PHONE, 2), ("large", {"width": 2560, "height": 1440}, 1)],
 )
 def test_readable_on_a_phone_and_a_large_screen(server, browser, name, viewport, scale):
-    ctx = browser.new_context(viewport=viewport, device_scale_factor=scale)
-    try:
+    with browser_context(browser, viewport=viewport, device_scale_factor=scale) as ctx:
         page, log = open_page(ctx, server.url + "/")
         shoot(page, f"index-{name}-empty")
         width = viewport["width"]
@@ -440,5 +436,3 @@ def test_readable_on_a_phone_and_a_large_screen(server, browser, name, viewport,
             assert abs(box["y"] + box["height"] - viewport["height"]) <= 1
             shoot(page, "index-phone-panel")
         assert_clean(page, log)
-    finally:
-        ctx.close()

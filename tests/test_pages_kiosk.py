@@ -12,6 +12,7 @@ from tests.pages_support import (
     PHONE,
     FileChoosers,
     assert_clean,
+    browser_context,
     canvas_pixels,
     launch,
     leftovers,
@@ -81,8 +82,7 @@ def take_photo(page) -> None:
     ("name", "viewport", "scale"), [("desktop", DESKTOP, 1), ("phone", PHONE, 2)]
 )
 def test_capture_from_the_fake_camera_and_show_the_result(server, browser, name, viewport, scale):
-    ctx = browser.new_context(viewport=viewport, device_scale_factor=scale)
-    try:
+    with browser_context(browser, viewport=viewport, device_scale_factor=scale) as ctx:
         page, log = open_page(ctx, server.url + "/kiosk")
         assert screen(page) == "welcome"
         # The configured notice, on the welcome screen (escaping: tests/test_pages_server.py).
@@ -132,13 +132,10 @@ def test_capture_from_the_fake_camera_and_show_the_result(server, browser, name,
         assert page.evaluate("() => getComputedStyle(document.body).userSelect") == "none"
         assert storage_state(page) == EMPTY_STORAGE
         assert_clean(page, log)
-    finally:
-        ctx.close()
 
 
 def test_idle_timeout_wipes_everything_without_reloading(server, browser):
-    ctx = browser.new_context(viewport=DESKTOP)
-    try:
+    with browser_context(browser, viewport=DESKTOP) as ctx:
         page, log = open_page(ctx, server.url + "/kiosk")
         page.evaluate("() => { window.sameDocument = true; }")
         take_photo(page)
@@ -160,13 +157,10 @@ def test_idle_timeout_wipes_everything_without_reloading(server, browser):
         assert storage_state(page) == EMPTY_STORAGE
         shoot(page, "kiosk-desktop-after-idle")
         assert_clean(page, log)
-    finally:
-        ctx.close()
 
 
 def test_touching_keeps_the_session_and_idle_stops_the_camera(server, browser):
-    ctx = browser.new_context(viewport=DESKTOP)
-    try:
+    with browser_context(browser, viewport=DESKTOP) as ctx:
         page, log = open_page(ctx, server.url + "/kiosk")
         page.click("#start")
         wait_until(page, "() => document.querySelector('#video').videoWidth > 0")
@@ -179,13 +173,10 @@ def test_touching_keeps_the_session_and_idle_stops_the_camera(server, browser):
         left = leftovers(page)
         assert left["liveTracks"] == 0 and left["videoSource"] is False
         assert_clean(page, log)
-    finally:
-        ctx.close()
 
 
 def test_start_again_and_fullscreen_survive_the_reset(server, browser):
-    ctx = browser.new_context(viewport=DESKTOP)
-    try:
+    with browser_context(browser, viewport=DESKTOP) as ctx:
         page, log = open_page(ctx, server.url + "/kiosk")
         assert page.is_visible("#fullscreen")
         page.click("#fullscreen")
@@ -198,8 +189,6 @@ def test_start_again_and_fullscreen_survive_the_reset(server, browser):
         wait_screen(page, "welcome", IDLE_SECONDS + 3)
         assert page.evaluate("() => document.fullscreenElement !== null"), "still full screen"
         assert_clean(page, log)
-    finally:
-        ctx.close()
 
 
 def test_without_a_camera_it_offers_a_file_pick(server, playwright):

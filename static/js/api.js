@@ -65,7 +65,9 @@ export async function checkFile(file, maxBytes) {
   }
   const declared = file.type || "";
   if (declared && !ACCEPTED[declared]) {
-    const kind = declared.startsWith("image/") ? `${typeName(declared)} images` : "This kind of file";
+    const kind = declared.startsWith("image/")
+      ? `${typeName(declared)} images`
+      : "This kind of file";
     throw new ParseError(`${kind} can't be parsed.`, wanted);
   }
   const sniffed = sniffType(new Uint8Array(await file.slice(0, 16).arrayBuffer()));
@@ -80,6 +82,23 @@ export async function checkFile(file, maxBytes) {
     throw new ParseError(`This file is ${what}.`, wanted);
   }
   return sniffed;
+}
+
+/**
+ * Check a picked, dropped or pasted file and decode it for drawing. Resolves to
+ * {blob, photo}: `blob` carries the sniffed type (pasted files often have none), `photo` is an
+ * ImageBitmap with the EXIF orientation applied, as the server applies it. Rejects with a
+ * ParseError saying why.
+ */
+export async function openPhoto(file, maxBytes) {
+  const mime = await checkFile(file, maxBytes);
+  const blob = file.type === mime ? file : new Blob([file], { type: mime });
+  try {
+    const photo = await createImageBitmap(blob, { imageOrientation: "from-image" });
+    return { blob, photo };
+  } catch {
+    throw new ParseError("This image couldn't be read.", "It may be damaged or cut short.");
+  }
 }
 
 function retryAfterSeconds(xhr) {
@@ -159,8 +178,8 @@ export function describeError(status, body, retryAfter, maxBytes) {
 /**
  * Upload an image to POST /api/v1/parse and resolve to {json, text}.
  * @param {Blob} blob
- * @param {{params?: object, maxBytes: number, onProgress?: (phase: string, fraction: number) => void,
- *   signal?: AbortSignal}} options
+ * @param {{params?: object, maxBytes: number, signal?: AbortSignal,
+ *   onProgress?: (phase: string, fraction: number) => void}} options
  */
 export function parseImage(blob, { params = {}, maxBytes, onProgress, signal } = {}) {
   return new Promise((resolve, reject) => {

@@ -2,7 +2,7 @@
 // draw and explore the result in the browser. Nothing is stored: the result lives in this
 // module's variables and the canvas until it is cleared or the tab closes.
 
-import { checkFile, pageSettings, ParseError, parseImage } from "./api.js";
+import { openPhoto, pageSettings, ParseError, parseImage } from "./api.js";
 import { Compositor } from "./compositor.js";
 import { decodeResult } from "./result.js";
 
@@ -40,6 +40,10 @@ function el(tag, props = {}, children = []) {
   const node = Object.assign(document.createElement(tag), props);
   node.append(...children);
   return node;
+}
+
+function plural(n, word) {
+  return `${n} ${word}${n === 1 ? "" : "s"}`;
 }
 
 function percent(fraction) {
@@ -205,7 +209,7 @@ function renderPersons(result) {
         el("span", { className: "person-name", textContent: `Person ${p.id}` }),
         el("span", {
           className: "person-meta",
-          textContent: `${Math.round(p.score * 100)}% sure · ${p.parts.length} part${p.parts.length === 1 ? "" : "s"}`,
+          textContent: `${Math.round(p.score * 100)}% sure · ${plural(p.parts.length, "part")}`,
         }),
       ]),
       chips,
@@ -260,20 +264,13 @@ function showTiming(json, result) {
 
 async function handleFile(file) {
   hideError();
-  let mime;
+  let blob;
+  let photo;
   try {
-    mime = await checkFile(file, settings.maxBytes);
+    ({ blob, photo } = await openPhoto(file, settings.maxBytes));
   } catch (error) {
     showError(error);
     announce(error.title);
-    return;
-  }
-  const blob = file.type === mime ? file : new Blob([file], { type: mime });
-  let photo;
-  try {
-    photo = await createImageBitmap(blob, { imageOrientation: "from-image" });
-  } catch {
-    showError(new ParseError("This image couldn't be read.", "It may be damaged or cut short."));
     return;
   }
   clearResult({ keepFile: true });
@@ -317,7 +314,11 @@ async function handleFile(file) {
     if (inFlight !== controller) return;
     clearResult({ keepFile: true });
     if (error.code !== "aborted") {
-      showError(error instanceof ParseError ? error : new ParseError("The result couldn't be shown.", String(error.message || error)));
+      const shown =
+        error instanceof ParseError
+          ? error
+          : new ParseError("The result couldn't be shown.", String(error.message || error));
+      showError(shown);
       announce(error.title || "Something went wrong.");
     } else {
       announce("Cancelled.");
@@ -417,14 +418,17 @@ $("compare").addEventListener("click", (e) => {
   $("split").hidden = !on;
   compositor.update({ split: on ? Number($("split").value) / 100 : null });
 });
-$("split").addEventListener("input", (e) => compositor.update({ split: Number(e.target.value) / 100 }));
+$("split").addEventListener("input", (e) => {
+  compositor.update({ split: Number(e.target.value) / 100 });
+});
 $("show-all").addEventListener("click", () => setAllClasses(true));
 $("show-none").addEventListener("click", () => setAllClasses(false));
 $("download-overlay").addEventListener("click", async () => {
   if (session) download(await compositor.exportPng(), "parsing-overlay.png");
 });
 $("download-labels").addEventListener("click", () => {
-  if (session) download(new Blob([session.result.labelPng], { type: "image/png" }), "parsing-labels.png");
+  if (!session) return;
+  download(new Blob([session.result.labelPng], { type: "image/png" }), "parsing-labels.png");
 });
 $("download-json").addEventListener("click", () => {
   if (session) download(new Blob([session.text], { type: "application/json" }), "parsing.json");
@@ -468,7 +472,8 @@ canvas.addEventListener("pointermove", (e) => {
     return;
   }
   const cls = session.result.classes.find((c) => c.id === hit.classId);
-  tip.textContent = (cls?.label || `class ${hit.classId}`) + (hit.personId ? ` · person ${hit.personId}` : "");
+  const where = hit.personId ? ` · person ${hit.personId}` : "";
+  tip.textContent = (cls?.label || `class ${hit.classId}`) + where;
   tip.hidden = false;
   const stage = $("stage").getBoundingClientRect();
   tip.style.setProperty("--x", `${e.clientX - stage.left}px`);

@@ -1,8 +1,8 @@
-// The kiosk: welcome screen → live camera → countdown → capture → upload → full-screen result
-// → "start again". An idle timer wipes everything (photo, result, canvases, camera) and goes back
-// to the welcome screen without reloading, so full-screen mode survives.
+// The kiosk: welcome screen → live camera → countdown → capture → upload → full-screen
+// result → "start again". An idle timer wipes everything (photo, result, canvases, camera)
+// and goes back to the welcome screen without reloading, so full-screen mode survives.
 
-import { checkFile, pageSettings, ParseError, parseImage } from "./api.js";
+import { openPhoto, pageSettings, ParseError, parseImage } from "./api.js";
 import { Compositor } from "./compositor.js";
 import { decodeResult } from "./result.js";
 
@@ -61,7 +61,8 @@ setInterval(() => {
     announce("Back at the start. Nothing of the last photo is kept.");
   } else if (left <= WARN_MS) {
     const warning = $("idle-warning");
-    warning.textContent = `Going back to the start in ${Math.ceil(left / 1000)} s. Touch the screen to stay.`;
+    const seconds = Math.ceil(left / 1000);
+    warning.textContent = `Going back to the start in ${seconds} s. Touch the screen to stay.`;
     warning.hidden = false;
   }
 }, 250);
@@ -292,22 +293,12 @@ function setPeek(on) {
 }
 
 async function pickedFile(file) {
-  let mime;
   try {
-    mime = await checkFile(file, settings.maxBytes);
+    const { blob, photo } = await openPhoto(file, settings.maxBytes);
+    upload(blob, photo);
   } catch (error) {
     fail(error);
-    return;
   }
-  const blob = file.type === mime ? file : new Blob([file], { type: mime });
-  let photo;
-  try {
-    photo = await createImageBitmap(blob, { imageOrientation: "from-image" });
-  } catch {
-    fail(new ParseError("This image couldn't be read.", "Choose another photo."));
-    return;
-  }
-  upload(blob, photo);
 }
 
 // ---- wiring --------------------------------------------------------------------------------
