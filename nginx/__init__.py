@@ -1,0 +1,1 @@
+"""nginx configuration for the service: the template and its renderer (render.py)."""
