@@ -69,19 +69,20 @@ def _copy(model: EncryptedModel, tmp_path: Path) -> Path:
     return Path(shutil.copytree(model.directory, tmp_path / "model"))
 
 
-def _key_forms(*keys: mc.SecretKey) -> list[str]:
-    forms = []
-    for key in keys:
-        forms += [key.material.hex(), base64.b64encode(key.material).decode()]
-        forms.append(base64.urlsafe_b64encode(key.material).decode().rstrip("="))
-    return forms
+def _key_forms(key: mc.SecretKey) -> list[str]:
+    """The key as text in every form a key file or variable may hold it."""
+    return [
+        key.material.hex(),
+        base64.b64encode(key.material).decode(),
+        base64.urlsafe_b64encode(key.material).decode().rstrip("="),
+    ]
 
 
 # -- the master refuses to start ---------------------------------------------------------------
 
 # Each case changes one thing in a copy of the encrypted directory or in the environment; the
-# refusal must contain its fragments ({actual}: the plaintext's SHA-256, {key_id}: the key's id
-# {chunk}: the chunk holding the flipped byte, of {chunks}).
+# refusal must contain its fragments ({actual}: the plaintext's SHA-256, {key_id}: the key's id,
+# {chunk}: the chunk holding the flipped byte, of {chunks}; {missing}: the directory).
 CASES = {
     "pin-mismatch-plain": ["SHA-256 mismatch", f"expected {WRONG_PIN}", "actual {actual}"],
     "pin-mismatch-encrypted": ["SHA-256 mismatch", f"expected {WRONG_PIN}", "actual {actual}"],
@@ -91,7 +92,7 @@ CASES = {
     "key-file-mode-0644": ["is accessible by group or others (mode 0644)", "chmod 600"],
     "no-key": ["is encrypted and no key is configured", "M2FP_WEIGHTS_KEY_FILE"],
     "plaintext-swapped-in": ["holds only the unencrypted pytorch_model.pt"],
-    "missing-model-dir": ["model directory", "does not exist"],
+    "missing-model-dir": ["model directory {missing} does not exist"],
 }
 
 
@@ -103,7 +104,8 @@ def _prepare(case: str, model: EncryptedModel, tmp_path: Path) -> tuple[dict[str
     with encrypted.open("rb") as fh:
         header = mc.read_header(fh, encrypted)
     position = len(header.raw) + 6 * (CHUNK + mc.TAG_BYTES) + 1000  # in the 7th chunk
-    values = {"actual": model.sha256, "key_id": model.key.key_id}
+    missing = tmp_path / "nowhere"
+    values = {"actual": model.sha256, "key_id": model.key.key_id, "missing": missing}
     values |= {"chunk": 7, "chunks": header.chunks}
     env = {
         "M2FP_MODEL_DIR": str(directory),
@@ -128,7 +130,7 @@ def _prepare(case: str, model: EncryptedModel, tmp_path: Path) -> tuple[dict[str
     elif case == "key-file-mode-0644":
         env["M2FP_WEIGHTS_KEY_FILE"] = str(_key_file(tmp_path / "loose", model.key, 0o644))
     elif case == "missing-model-dir":
-        env["M2FP_MODEL_DIR"] = str(tmp_path / "nowhere")
+        env["M2FP_MODEL_DIR"] = str(missing)
     return env, values
 
 
