@@ -6,14 +6,25 @@ of the app and never touches CUDA: no preload, the model loads in each worker (a
 CUDA-initialised process cannot use CUDA). One worker holds one model; scale with more gunicorn
 instances (one per GPU, `CUDA_VISIBLE_DEVICES=i`), each on its own port behind nginx. Metrics
 are per worker process.
+
+Before any worker starts, the master checks the model (`on_starting`): the directory, the key,
+every chunk of an encrypted file and the SHA-256 pin, streaming, without keeping the plaintext
+(`security.model_crypto.check_weights`). A failure stops gunicorn with exit status 1 and one
+line on stderr, `Error: the model cannot be served, not starting: <reason>`. What goes wrong
+later (a worker respawned after the file changed, a checkpoint that does not fit the
+configuration) leaves that worker up and not ready (web/runtime.py).
 """
 
+import logging
 import os
 import resource
 import sys
+import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from settings import Settings  # noqa: E402 - light: no torch, no Flask
+# Light: no torch, no Flask, no CUDA.
+from security.model_crypto import ModelProtectionError, check_weights  # noqa: E402
+from settings import Settings  # noqa: E402
 
 _settings = Settings.from_env()
 
@@ -47,12 +58,48 @@ limit_request_field_size = 8190
 # gunicorn.SERVER); nginx replaces it with its own in front.
 
 
-def on_starting(server):  # noqa: ARG001 - gunicorn hook signature
+def on_starting(server):
     # No core dumps: a crashing worker would write its memory, uploaded images included, to disk.
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+    check_model(server)
     if server.cfg.workers > 1:
         server.log.warning(
             "%d workers: each loads its own model and counts its own metrics; /metrics shows"
             " the worker that answers. Prefer one worker per instance.",
             server.cfg.workers,
         )
+
+
+def check_model(server) -> None:
+    """Refuse to start when the model cannot be served. gunicorn's `BaseApplication.run`
+    prints a RuntimeError raised here as `Error: <message>` and exits 1 before binding or
+    forking; messages name paths, hashes and key ids, never key material."""
+    started = time.perf_counter()
+    # The module's warnings (a plaintext copy beside the .enc, an unpinned envelope file) in
+    # gunicorn's log, for the check only: workers configure their own handlers.
+    crypto_log = logging.getLogger("security.model_crypto")
+    handlers = [h for h in server.log.error_log.handlers if h not in crypto_log.handlers]
+    for handler in handlers:
+        crypto_log.addHandler(handler)
+    try:
+        checked = check_weights(
+            _settings.model_dir,
+            key_file=_settings.weights_key_file,
+            expected_sha256=_settings.weights_sha256,
+        )
+    except (ModelProtectionError, OSError) as exc:
+        if server.pidfile is not None:  # gunicorn wrote it just before this hook
+            server.pidfile.unlink()
+        raise RuntimeError(f"the model cannot be served, not starting: {exc}") from None
+    finally:
+        for handler in handlers:
+            crypto_log.removeHandler(handler)
+    server.log.info(
+        "model checked in %.1f s: %s, %d bytes, %s, sha256 %s %s",
+        time.perf_counter() - started,
+        checked.path,
+        checked.size,
+        f"encrypted, key id {checked.key_id}" if checked.encrypted else "not encrypted",
+        checked.sha256,
+        "(pinned)" if checked.pinned else "(not pinned: M2FP_WEIGHTS_SHA256 is not set)",
+    )

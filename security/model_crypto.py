@@ -2,8 +2,10 @@
 
 `open_weights(model_dir, ...)` is what the service calls: it returns the checkpoint bytes in an
 `io.BytesIO` (decrypted from `pytorch_model.pt.enc`, or read from `pytorch_model.pt`), checked
-against the pinned SHA-256, for `m2fp.build.load_model(model_dir, weights=...)`. Nothing here
-imports torch or Flask, and no plaintext is ever written to disk.
+against the pinned SHA-256, for `m2fp.build.load_model(model_dir, weights=...)`.
+`check_weights(model_dir, ...)` checks the same things streaming, without keeping the
+plaintext: the gunicorn master's preflight. Nothing here imports torch or Flask, and no
+plaintext is ever written to disk.
 
 File format, version 1 (integers big-endian):
 
@@ -39,6 +41,7 @@ import binascii
 import contextlib
 import hashlib
 import io
+import json
 import logging
 import os
 import secrets
@@ -58,6 +61,7 @@ log = logging.getLogger(__name__)
 
 WEIGHTS_FILE = "pytorch_model.pt"
 ENCRYPTED_WEIGHTS_FILE = "pytorch_model.pt.enc"
+CONFIG_FILE = "configuration.json"
 KEY_ENV = "M2FP_WEIGHTS_KEY"
 KEY_FILE_ENV = "M2FP_WEIGHTS_KEY_FILE"
 SHA256_ENV = "M2FP_WEIGHTS_SHA256"
@@ -639,29 +643,21 @@ def verify_file(
     )
 
 
-def open_weights(
-    model_dir: str | Path,
-    *,
-    key_file: str | Path | None = None,
-    key_env: str = KEY_ENV,
-    expected_sha256: str | None = None,
-) -> io.BytesIO:
-    """The checkpoint of `model_dir` in memory, for `load_model(model_dir, weights=...)`.
-
-    `pytorch_model.pt.enc` is decrypted with the key of `key_file`, else of the environment
-    variable `key_env`; otherwise `pytorch_model.pt` is read. The SHA-256 of the plaintext must
-    equal `expected_sha256` when given. When a key is configured, an unencrypted
-    `pytorch_model.pt` alone is refused (a swapped directory). The plaintext never touches disk.
-
-    Raises:
-        ModelIntegrityError: modified file, wrong key, pin mismatch, plaintext where encrypted
-            weights are required.
-        ModelKeyError: no key for an encrypted file, or an unusable key (file permissions...).
-        ModelProtectionError: neither weights file exists or it cannot be read; malformed pin.
-    """
+def _model_directory(model_dir: str | Path) -> Path:
     directory = Path(model_dir)
+    if not directory.is_dir():
+        what = "is not a directory" if directory.exists() else "does not exist"
+        raise ModelProtectionError(f"model directory {directory} {what}")
+    return directory
+
+
+def _select_weights(
+    directory: Path, key_file: str | Path | None, key_env: str, pin: str | None
+) -> tuple[Path, DecryptionKey | None]:
+    """The weights file of `directory` and, for an encrypted one, its key: the rules that
+    `open_weights` and `check_weights` share. `pytorch_model.pt.enc` wins and needs a key;
+    otherwise `pytorch_model.pt`, refused while a key is configured (a swapped directory)."""
     encrypted, plain = directory / ENCRYPTED_WEIGHTS_FILE, directory / WEIGHTS_FILE
-    pin = normalize_sha256(expected_sha256)
     if encrypted.is_file():
         if plain.exists():
             log.warning(
@@ -682,16 +678,7 @@ def open_weights(
                 " can make a file this key opens; set %s",
                 SHA256_ENV,
             )
-        bio, header = _decrypt_to_memory(encrypted, key, pin, None)
-        log.info(
-            "decrypted %s in memory: %d bytes, key id %s, sha256 %s%s",
-            encrypted,
-            header.plaintext_length,
-            key_id(key),
-            header.sha256,
-            " (pinned)" * bool(pin),
-        )
-        return bio
+        return encrypted, key
     if not plain.is_file():
         raise ModelProtectionError(
             f"{directory} holds neither {ENCRYPTED_WEIGHTS_FILE} nor {WEIGHTS_FILE}"
@@ -703,14 +690,117 @@ def open_weights(
             f" `python -m security.model_crypto encrypt {directory} --key-file KEY`, or unset"
             f" {KEY_FILE_ENV} and {key_env} to serve plaintext weights"
         )
+    return plain, None
+
+
+def open_weights(
+    model_dir: str | Path,
+    *,
+    key_file: str | Path | None = None,
+    key_env: str = KEY_ENV,
+    expected_sha256: str | None = None,
+) -> io.BytesIO:
+    """The checkpoint of `model_dir` in memory, for `load_model(model_dir, weights=...)`.
+
+    `pytorch_model.pt.enc` is decrypted with the key of `key_file`, else of the environment
+    variable `key_env`; otherwise `pytorch_model.pt` is read. The SHA-256 of the plaintext must
+    equal `expected_sha256` when given. When a key is configured, an unencrypted
+    `pytorch_model.pt` alone is refused (a swapped directory). The plaintext never touches disk.
+
+    Raises:
+        ModelIntegrityError: modified file, wrong key, pin mismatch, plaintext where encrypted
+            weights are required.
+        ModelKeyError: no key for an encrypted file, or an unusable key (file permissions...).
+        ModelProtectionError: no such directory, neither weights file exists or it cannot be
+            read; malformed pin.
+    """
+    pin = normalize_sha256(expected_sha256)
+    path, key = _select_weights(_model_directory(model_dir), key_file, key_env, pin)
+    if key is not None:
+        bio, header = _decrypt_to_memory(path, key, pin, None)
+        log.info(
+            "decrypted %s in memory: %d bytes, key id %s, sha256 %s%s",
+            path,
+            header.plaintext_length,
+            key_id(key),
+            header.sha256,
+            " (pinned)" * bool(pin),
+        )
+        return bio
     try:
-        data = plain.read_bytes()
+        data = path.read_bytes()
     except OSError as exc:
-        raise ModelProtectionError(f"cannot read {plain}: {exc.strerror or exc}") from None
+        raise ModelProtectionError(f"cannot read {path}: {exc.strerror or exc}") from None
     actual = hashlib.sha256(data).hexdigest()
-    check_pin(actual, pin, plain)
-    log.info("read %s: %d bytes, sha256 %s%s", plain, len(data), actual, " (pinned)" * bool(pin))
+    check_pin(actual, pin, path)
+    log.info("read %s: %d bytes, sha256 %s%s", path, len(data), actual, " (pinned)" * bool(pin))
     return io.BytesIO(data)  # shares `data`'s buffer: one copy
+
+
+@dataclass(frozen=True)
+class WeightsCheck:
+    """What `check_weights` verified: the file, its plaintext size and SHA-256, whether that
+    hash was pinned, and the id of the key that opened it (None: plaintext weights)."""
+
+    path: Path
+    size: int
+    sha256: str
+    pinned: bool
+    key_id: str | None
+
+    @property
+    def encrypted(self) -> bool:
+        return self.key_id is not None
+
+
+def check_weights(
+    model_dir: str | Path,
+    *,
+    key_file: str | Path | None = None,
+    key_env: str = KEY_ENV,
+    expected_sha256: str | None = None,
+) -> WeightsCheck:
+    """Check everything `open_weights` would, streaming, without keeping the plaintext: a
+    preflight for a process that must not load the model itself (the gunicorn master).
+
+    The directory must exist and hold `configuration.json` (a JSON object) and a weights file
+    chosen, with its key, by the rules of `open_weights`; an encrypted file is authenticated
+    chunk by chunk and to its end, a plaintext one hashed; the SHA-256 must equal
+    `expected_sha256` when given. Memory stays near one chunk (1 MiB by default).
+
+    Raises:
+        The errors of `open_weights`, and ModelProtectionError for a missing or malformed
+        `configuration.json`.
+    """
+    pin = normalize_sha256(expected_sha256)
+    directory = _model_directory(model_dir)
+    config = directory / CONFIG_FILE
+    try:
+        parsed = json.loads(config.read_bytes())
+    except FileNotFoundError:
+        raise ModelProtectionError(f"{directory} has no {CONFIG_FILE}") from None
+    except OSError as exc:
+        raise ModelProtectionError(f"cannot read {config}: {exc.strerror or exc}") from None
+    except ValueError:  # JSON or UTF-8
+        parsed = None
+    if not isinstance(parsed, dict):
+        raise ModelProtectionError(f"{config} is not a JSON object")
+    path, key = _select_weights(directory, key_file, key_env, pin)
+    if key is not None:
+        header = verify_file(path, key, expected_sha256=pin)
+        return WeightsCheck(path, header.plaintext_length, header.sha256, bool(pin), key_id(key))
+    size = 0
+
+    def count(n: int) -> None:
+        nonlocal size
+        size += n
+
+    try:
+        actual = sha256_file(path, progress=count)
+    except OSError as exc:
+        raise ModelProtectionError(f"cannot read {path}: {exc.strerror or exc}") from None
+    check_pin(actual, pin, path)
+    return WeightsCheck(path, size, actual, bool(pin), None)
 
 
 # ------------------------------------------------------------------------------- encryption
@@ -896,6 +986,7 @@ def rewrap_file(
 
 
 __all__ = [
+    "CONFIG_FILE",
     "DEFAULT_CHUNK_SIZE",
     "ENCRYPTED_WEIGHTS_FILE",
     "FORMAT_VERSION",
@@ -913,8 +1004,10 @@ __all__ = [
     "ModelProtectionError",
     "Recipient",
     "SecretKey",
+    "WeightsCheck",
     "atomic_output",
     "check_pin",
+    "check_weights",
     "decrypt_to_memory",
     "encrypt_file",
     "format_secret_key",

@@ -7,6 +7,7 @@ from __future__ import annotations
 import http.client
 import os
 import signal
+import socket
 import subprocess
 import time
 from pathlib import Path
@@ -103,3 +104,43 @@ def test_scripts_run_without_a_model_says_what_to_do(tmp_path):
     assert "python -m m2fp download --dest" in done.stderr  # how to get one
     assert "configuration.json and pytorch_model.pt" in done.stderr
     assert not (tmp_path / "var" / "tls").exists()  # stopped before making anything
+
+
+def test_scripts_run_reports_a_refused_model_and_stops_at_once(tmp_path, tiny_model_dir):
+    """gunicorn's master refuses the model (here a wrong pin): the script passes on its reason,
+    stops nginx and exits 1, without waiting for a /readyz that will never come."""
+    https_port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("M2FP_")}
+    env.update(
+        {
+            "M2FP_MODEL_DIR": str(tiny_model_dir),
+            "M2FP_WEIGHTS_SHA256": "0" * 64,
+            "M2FP_HTTPS_PORT": str(https_port),
+            "M2FP_HTTP_PORT": str(free_port()),
+            "M2FP_APP_PORT": str(free_port()),
+            "M2FP_LISTEN": "127.0.0.1",
+            "M2FP_VAR_DIR": str(tmp_path / "var"),
+            "M2FP_SKIP_SETUP": "1",
+        }
+    )
+    proc = subprocess.Popen(
+        [str(REPO / "scripts" / "run")],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(10)
+    assert proc.returncode == 1, err
+    refusal = "Error: the model cannot be served, not starting: "
+    assert refusal in err and f"SHA-256 mismatch: expected {'0' * 64}" in err
+    assert "run: gunicorn exited (status 1) before the service was ready" in err
+    assert "run: ready" not in err and "through nginx" not in err
+    with pytest.raises(ConnectionRefusedError):  # nginx is gone too
+        socket.create_connection(("127.0.0.1", https_port), timeout=5).close()

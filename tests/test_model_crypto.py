@@ -496,6 +496,113 @@ def test_open_weights_writes_nothing_to_model_or_key_dir(tmp_path, secret) -> No
     assert events == [], [(e.name, inflags.from_mask(e.mask)) for e in events]
 
 
+# ----------------------------------------------------------------------------- check_weights
+
+
+def _served_dir(tmp_path: Path, secret, *, encrypted: bool = True) -> Path:
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    directory = _model_dir(tmp_path)
+    _write(directory / mc.CONFIG_FILE, b'{"framework": "pytorch"}')
+    return _encrypt_dir(directory, [secret]) if encrypted else directory
+
+
+def test_check_weights_reports_what_it_verified(tmp_path, secret) -> None:
+    directory = _served_dir(tmp_path, secret)
+    key_file = _key_file(tmp_path / "k.key", mc.format_secret_key(secret))
+    digest = _header(directory / mc.ENCRYPTED_WEIGHTS_FILE).sha256
+    checked = mc.check_weights(directory, key_file=key_file, expected_sha256=digest)
+    assert checked == mc.WeightsCheck(
+        directory / mc.ENCRYPTED_WEIGHTS_FILE, len(PAYLOAD), digest, True, secret.key_id
+    )
+    assert checked.encrypted
+    plain = _served_dir(tmp_path / "plain", secret, encrypted=False)
+    checked = mc.check_weights(plain)
+    assert checked == mc.WeightsCheck(plain / mc.WEIGHTS_FILE, len(PAYLOAD), digest, False, None)
+    assert not checked.encrypted
+
+
+def _bad_setups(tmp_path: Path, secret) -> dict[str, tuple[Path, dict]]:
+    directory = _served_dir(tmp_path, secret)
+    good = _key_file(tmp_path / "k.key", mc.format_secret_key(secret))
+    enc = directory / mc.ENCRYPTED_WEIGHTS_FILE
+    flipped, truncated = (_served_dir(tmp_path / name, secret) for name in ("f", "t"))
+    _flip(enc, enc.stat().st_size - 100, flipped / mc.ENCRYPTED_WEIGHTS_FILE)
+    _write(truncated / mc.ENCRYPTED_WEIGHTS_FILE, enc.read_bytes()[:-1])
+    plain = _served_dir(tmp_path / "plain", secret, encrypted=False)
+    other = _key_file(tmp_path / "o.key", mc.format_secret_key(mc.generate_secret_key()))
+    loose = _key_file(tmp_path / "loose.key", mc.format_secret_key(secret), 0o644)
+    empty = _served_dir(tmp_path / "empty", secret, encrypted=False)
+    (empty / mc.WEIGHTS_FILE).unlink()
+    return {
+        "pin": (directory, {"key_file": good, "expected_sha256": "00" * 32}),
+        "pin-plain": (plain, {"expected_sha256": "00" * 32}),
+        "flipped": (flipped, {"key_file": good}),
+        "truncated": (truncated, {"key_file": good}),
+        "wrong-key": (directory, {"key_file": other}),
+        "loose-key": (directory, {"key_file": loose}),
+        "no-key": (directory, {"key_env": "NO_SUCH_VARIABLE"}),
+        "plaintext-with-key": (plain, {"key_file": good}),
+        "no-weights": (empty, {}),
+        "missing-dir": (tmp_path / "nowhere", {}),
+        "bad-pin": (directory, {"key_file": good, "expected_sha256": "1234"}),
+    }
+
+
+def test_check_weights_refuses_what_open_weights_refuses(tmp_path, secret) -> None:
+    """The same file selection, key rules and checks: the same error, word for word."""
+    for name, (directory, kwargs) in _bad_setups(tmp_path, secret).items():
+        with pytest.raises(mc.ModelProtectionError) as opened:
+            mc.open_weights(directory, **kwargs)
+        with pytest.raises(mc.ModelProtectionError) as checked:
+            mc.check_weights(directory, **kwargs)
+        assert type(checked.value) is type(opened.value), name
+        assert str(checked.value) == str(opened.value), name
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [(None, "has no configuration.json"), (b"{trunc", "is not a JSON object"), (b"[]", "object")],
+    ids=["missing", "malformed", "not-an-object"],
+)
+def test_check_weights_needs_a_configuration(tmp_path, secret, content, message) -> None:
+    directory = _served_dir(tmp_path, secret, encrypted=False)
+    config = directory / mc.CONFIG_FILE
+    if content is None:
+        config.unlink()
+    else:
+        config.write_bytes(content)
+    with pytest.raises(mc.ModelProtectionError, match=message):
+        mc.check_weights(directory)
+
+
+@pytest.mark.parametrize("encrypted", [True, False], ids=["encrypted", "plain"])
+def test_check_weights_does_not_keep_the_plaintext(tmp_path, secret, encrypted) -> None:
+    """Streaming: peak Python allocations near one chunk, not the file (open_weights holds
+    the whole plaintext)."""
+    import tracemalloc
+
+    size, chunk = 8 * 1024 * 1024, 64 * 1024
+    directory = tmp_path / "model"
+    directory.mkdir()
+    _write(directory / mc.CONFIG_FILE, b"{}")
+    plain = _write(directory / mc.WEIGHTS_FILE, random.Random(1).randbytes(size))
+    key_file = None
+    if encrypted:
+        mc.encrypt_file(plain, directory / mc.ENCRYPTED_WEIGHTS_FILE, [secret], chunk_size=chunk)
+        plain.unlink()
+        key_file = _key_file(tmp_path / "k.key", mc.format_secret_key(secret))
+    peaks = []
+    for function in (mc.check_weights, mc.open_weights):
+        tracemalloc.start()
+        try:
+            result = function(directory, key_file=key_file)
+            peaks.append(tracemalloc.get_traced_memory()[1])
+        finally:
+            tracemalloc.stop()
+        del result
+    assert peaks[0] < 3 * 1024 * 1024 < size <= peaks[1]
+
+
 # Runs in a fresh interpreter: records every file this process opens for writing (and every
 # rename, link, mkdir, temp file) through Python's audit hooks while open_weights runs, then
 # writes one probe file to show that the hook does see writes.

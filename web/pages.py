@@ -1,29 +1,54 @@
-"""The two HTML pages: `/` (drop, paste or pick a photo) and `/kiosk` (camera booth).
+"""The two HTML pages: `/` (drop, paste or pick a photo) and `/kiosk` (camera, countdown, result).
 
-The templates live in `templates/`, their scripts and styles in `static/` (the CSP allows no
-inline code). The kiosk settings are passed to the kiosk template.
+Both are static shells: their scripts (`static/js/*.js`, ES modules) do the work in the browser
+and talk to `POST /api/v1/parse`. Settings the scripts need reach them as `data-*` attributes
+on `<body>`, never as inline script, so the strict CSP holds. No route here sees an upload.
 """
 
 from __future__ import annotations
 
 from flask import Blueprint, current_app, render_template
 
+from settings import Settings
+
 bp = Blueprint("pages", __name__)
+
+# Seconds the kiosk counts down before it takes the photo.
+KIOSK_COUNTDOWN_SECONDS = 3
+
+
+def _settings() -> Settings:
+    return current_app.extensions["m2fp_settings"]
+
+
+def size_label(n_bytes: int) -> str:
+    """`10485760` → "10 MB", `1572864` → "1.5 MB": the cap as the page states it."""
+    mb = n_bytes / (1024 * 1024)
+    if mb >= 1:
+        return f"{mb:.1f}".removesuffix(".0") + " MB"
+    return f"{max(1, round(n_bytes / 1024))} KB"
 
 
 @bp.get("/")
 def index() -> str:
-    return render_template("index.html")
+    settings = _settings()
+    return render_template(
+        "index.html",
+        max_upload_bytes=settings.max_upload_bytes,
+        max_upload_label=size_label(settings.max_upload_bytes),
+    )
 
 
 @bp.get("/kiosk")
 def kiosk() -> str:
-    settings = current_app.extensions["m2fp_settings"]
+    settings = _settings()
     return render_template(
         "kiosk.html",
+        max_upload_bytes=settings.max_upload_bytes,
         idle_seconds=settings.kiosk_idle_seconds,
+        countdown_seconds=KIOSK_COUNTDOWN_SECONDS,
         notice=settings.kiosk_notice,
     )
 
 
-__all__ = ["bp"]
+__all__ = ["KIOSK_COUNTDOWN_SECONDS", "bp", "size_label"]

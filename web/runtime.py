@@ -5,11 +5,13 @@ time: `create_app` (in the worker) builds an `InferenceEngine` (cheap, no device
 starts a thread that calls `engine.start()` (device, weights, warm-up). Until it finishes,
 /readyz and parses answer 503 `not_ready`.
 
-When loading fails (missing or malformed model directory, weights that do not match
-M2FP_WEIGHTS_SHA256, a wrong or missing decryption key, a corrupt checkpoint), the worker stays
-up: /healthz and /metrics keep working, /readyz and parses answer 503 `not_ready`, and the
-reason, with its path, goes to the operator log (stderr) once. Clients never see it. A
-supervisor or load balancer watching /readyz keeps traffic away; fix the model and restart.
+Under gunicorn the master has already checked the model directory, the key, the encrypted
+file and the pin before any worker started (gunicorn.conf.py: a failure there stops gunicorn).
+What can still fail here: a checkpoint that does not fit its configuration, the device, or
+files changed after the master's check (a worker respawned later). Then the worker stays up:
+/healthz and /metrics keep working, /readyz and parses answer 503 `not_ready`, and the reason,
+with its path, goes to the operator log (stderr) once. Clients never see it. A supervisor or
+load balancer watching /readyz keeps traffic away; fix the model and restart.
 """
 
 from __future__ import annotations

@@ -22,6 +22,55 @@ GUNICORN = [sys.executable, "-m", "gunicorn"]
 _LISTENING = re.compile(r"Listening at: http://127\.0\.0\.1:(\d+)")
 
 
+def gunicorn_command(
+    *, workers: int = 1, wrapper: Sequence[str] = (), extra_args: Sequence[str] = ()
+) -> list[str]:
+    return [
+        *wrapper,
+        *GUNICORN,
+        "-c",
+        "gunicorn.conf.py",
+        "-b",
+        "127.0.0.1:0",
+        "-w",
+        str(workers),
+        "--threads",
+        "4",
+        *extra_args,
+        "app:create_app()",
+    ]
+
+
+def gunicorn_env(env: dict[str, str]) -> dict[str, str]:
+    """This process's environment without its M2FP_* variables, plus `env`."""
+    full_env = {k: v for k, v in os.environ.items() if not k.startswith("M2FP_")}
+    full_env.update(env)
+    full_env.setdefault("OMP_NUM_THREADS", "1")
+    return full_env
+
+
+def run_gunicorn(env: dict[str, str], *, timeout: float = 60.0) -> tuple[int, str, str]:
+    """Run gunicorn as `Gunicorn` starts it, to its exit (a start that must fail):
+    (exit status, stdout, stderr). One still running after `timeout` is killed, with its
+    workers, and reported as a failure of the test."""
+    process = subprocess.Popen(
+        gunicorn_command(),
+        cwd=REPO,
+        env=gunicorn_env(env),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        out, err = process.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        out, err = process.communicate()
+        raise AssertionError(f"gunicorn still running after {timeout} s:\n{out}{err}") from None
+    return process.returncode, out, err
+
+
 class Gunicorn:
     """`gunicorn -c gunicorn.conf.py -b 127.0.0.1:0 'app:create_app()'`, optionally wrapped
     (bubblewrap). The port is the one gunicorn reports; stdout and stderr are kept."""
@@ -36,27 +85,10 @@ class Gunicorn:
         wait_ready: bool = True,
         ready_timeout: float = 120.0,
     ) -> None:
-        command = [
-            *wrapper,
-            *GUNICORN,
-            "-c",
-            "gunicorn.conf.py",
-            "-b",
-            "127.0.0.1:0",
-            "-w",
-            str(workers),
-            "--threads",
-            "4",
-            *extra_args,
-            "app:create_app()",
-        ]
-        full_env = {k: v for k, v in os.environ.items() if not k.startswith("M2FP_")}
-        full_env.update(env)
-        full_env.setdefault("OMP_NUM_THREADS", "1")
         self.process = subprocess.Popen(
-            command,
+            gunicorn_command(workers=workers, wrapper=wrapper, extra_args=extra_args),
             cwd=REPO,
-            env=full_env,
+            env=gunicorn_env(env),
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             start_new_session=True,

@@ -20,7 +20,6 @@ import base64
 import json
 import secrets
 import shutil
-import tempfile
 import threading
 import time
 from pathlib import Path
@@ -103,40 +102,8 @@ def check(sent) -> None:
         assert response.headers["Cache-Control"] == "no-store", what
 
 
-@pytest.fixture
-def namespace(tmp_path, tiny_model_dir):
-    """Private /tmp, /var/tmp, /dev/shm (a tmpfs directory) and $HOME for the server."""
-    assert BWRAP, "bubblewrap is missing: ./scripts/setup installs it"
-    dirs = {name: tmp_path / name for name in ("tmp", "var_tmp")}
-    for d in dirs.values():
-        d.mkdir()
-    shm = Path(tempfile.mkdtemp(prefix="m2fp-test-", dir="/dev/shm"))
-    (dirs["tmp"] / "home").mkdir()
-    wrapper = [
-        BWRAP,
-        "--die-with-parent",
-        "--dev-bind",
-        "/",
-        "/",
-        "--bind",
-        str(dirs["tmp"]),
-        "/tmp",
-        "--bind",
-        str(dirs["var_tmp"]),
-        "/var/tmp",
-        "--bind",
-        str(shm),
-        "/dev/shm",
-        "--ro-bind",
-        str(tiny_model_dir),
-        "/tmp/model",
-    ]
-    yield wrapper, {**dirs, "shm": shm}
-    shutil.rmtree(shm, ignore_errors=True)
-
-
 def test_uploads_write_nothing_anywhere(namespace, tiny_model_dir):
-    wrapper, dirs = namespace
+    wrapper, dirs = namespace({"/tmp/model": tiny_model_dir})
     env = {
         "M2FP_MODEL_DIR": "/tmp/model",
         "M2FP_RATE_LIMIT": "1000 per minute",
