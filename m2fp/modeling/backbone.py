@@ -43,7 +43,7 @@ class ConvNorm(nn.Conv2d):
         x = super().forward(x)
         if self.norm is not None:
             x = self.norm(x)
-        return F.relu(x) if self.relu else x
+        return F.relu(x, inplace=True) if self.relu else x
 
 
 def _bn(channels: int) -> nn.BatchNorm2d:
@@ -109,8 +109,8 @@ class BottleneckBlock(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.conv3(self.conv2(self.conv1(x)))
-        identity = x if self.shortcut is None else self.shortcut(x)
-        return F.relu(out + identity)
+        out += x if self.shortcut is None else self.shortcut(x)
+        return F.relu(out, inplace=True)
 
 
 class DeepLabResNet(nn.Module):

@@ -58,6 +58,10 @@ class M2FP(nn.Module):
         self.register_buffer("pixel_mean", torch.tensor(pixel_mean).view(1, 3, 1, 1), False)
         self.register_buffer("pixel_std", torch.tensor(pixel_std).view(1, 3, 1, 1), False)
         self.config = None
+        # Inference settings, set by m2fp.optimize.optimize_for_inference; the defaults are
+        # the reference computation.
+        self.channels_last = False
+        self.autocast_dtype: torch.dtype | None = None
 
     def preprocess(self, images: torch.Tensor) -> torch.Tensor:
         """(B,3,H,W) RGB 0..255 → normalised, zero-padded bottom/right to a multiple of 32."""
@@ -73,10 +77,23 @@ class M2FP(nn.Module):
         """images: float (B, 3, H, W) RGB in 0..255, any H, W (same size within a batch)."""
         if images.dim() != 4 or images.shape[1] != 3:
             raise ValueError(f"expected (B, 3, H, W) images, got {tuple(images.shape)}")
+        device = self.pixel_mean.device
+        if images.device != device:
+            if device.type == "cuda" and images.device.type == "cpu":
+                images = images.pin_memory()  # lets the copy below run asynchronously
+            images = images.to(device, non_blocking=True)
         x = self.preprocess(images.to(self.pixel_mean.dtype))
-        features = self.backbone(x)
-        mask_features, multi_scale = self.sem_seg_head.pixel_decoder(features)
-        classes, masks = self.sem_seg_head.predictor(multi_scale, mask_features)
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with torch.autocast(
+            device.type, dtype=self.autocast_dtype, enabled=self.autocast_dtype is not None
+        ):
+            features = self.backbone(x)
+            mask_features, multi_scale = self.sem_seg_head.pixel_decoder(features)
+            classes, masks = self.sem_seg_head.predictor(multi_scale, mask_features, aux=return_aux)
+        if self.autocast_dtype is not None:
+            classes = [c.float() for c in classes]
+            masks = [m.float() for m in masks]
         return M2FPOutput(
             class_logits=classes[-1],
             mask_logits=masks[-1],

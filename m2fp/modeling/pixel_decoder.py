@@ -43,7 +43,7 @@ class DeformableEncoderLayer(nn.Module):
     ) -> torch.Tensor:
         """src, pos (N, S, C); reference_points (N, S, L, 2) → (N, S, C)."""
         src = self.norm1(src + self.self_attn(src + pos, reference_points, src, spatial_shapes))
-        return self.norm2(src + self.linear2(F.relu(self.linear1(src))))
+        return self.norm2(src + self.linear2(F.relu(self.linear1(src), inplace=True)))
 
 
 class DeformableEncoder(nn.Module):
@@ -160,6 +160,8 @@ class MSDeformAttnPixelDecoder(nn.Module):
         self.pe_layer = PositionEmbeddingSine(num_pos_feats=conv_dim // 2, normalize=True)
         self.mask_features = nn.Conv2d(conv_dim, mask_dim, 1)
         self.num_feature_levels = min(n_levels, 3)
+        # set by m2fp.optimize: hand the encoder outputs on as channels-last views
+        self.channels_last = False
         # FPN levels finer than the finest transformer level, down to common_stride
         min_stride = min(in_strides[f] for f in self.transformer_in_features)
         n_fpn = int(math.log2(min_stride) - math.log2(common_stride))
@@ -197,11 +199,13 @@ class MSDeformAttnPixelDecoder(nn.Module):
             srcs.append(self.input_proj[idx](x))
             pos.append(self.pe_layer(x))
         memory, shapes = self.transformer(srcs, pos)
-        n = memory.shape[0]
-        outs = [
-            m.transpose(1, 2).reshape(n, -1, h, w)
-            for m, (h, w) in zip(memory.split([h * w for h, w in shapes], 1), shapes, strict=True)
-        ]
+        n, _, c = memory.shape
+        levels = zip(memory.split([h * w for h, w in shapes], 1), shapes, strict=True)
+        if self.channels_last:
+            # (N, H*W, C) -> (N, C, H, W) as a channels-last view, no copy
+            outs = [m.view(n, h, w, c).permute(0, 3, 1, 2) for m, (h, w) in levels]
+        else:
+            outs = [m.transpose(1, 2).reshape(n, c, h, w) for m, (h, w) in levels]
         for idx, f in enumerate(self.fpn_features):
             lateral = getattr(self, f"adapter_{idx + 1}")(features[f])
             up = F.interpolate(
