@@ -34,7 +34,7 @@ worker_class = "gthread"
 # Enough threads for a full engine (M2FP_QUEUE_MAX waiting + M2FP_BATCH_MAX running) and a few
 # more for decoding and the other routes: the engine's bounded queue, not gunicorn's unbounded
 # thread-pool backlog, is where overload shows (503 + Retry-After instead of growing latency).
-threads = _settings.queue_max + _settings.batch_max + 4
+threads = _settings.queue_max + (_settings.batch_max or 4) + 4
 preload_app = False
 # The heartbeat file in RAM: nothing on disk, and it works under a read-only root.
 worker_tmp_dir = "/dev/shm"

@@ -33,7 +33,7 @@ class Settings:
     precision: str = "auto"  # auto | fp32 | fp16 | bf16
     warmup: bool = True
     # Engine
-    batch_max: int = 4
+    batch_max: int | None = None  # None (`auto`): 4 on CUDA, 1 on the CPU
     batch_wait_ms: float = 5.0
     queue_max: int = 16
     # Uploads
@@ -97,7 +97,8 @@ class Settings:
                 f"M2FP_DEVICE must be auto, cpu, cuda or cuda:N, not {self.device!r}"
             )
         for name in ("batch_max", "queue_max", "max_pixels", "max_side", "ban_after"):
-            if getattr(self, name) < 1:
+            value = getattr(self, name)
+            if value is not None and value < 1:
                 raise SettingsError(f"{PREFIX}{name.upper()} must be at least 1")
         if self.max_upload_mb <= 0:
             raise SettingsError("M2FP_MAX_UPLOAD_MB must be positive")
@@ -123,6 +124,8 @@ def _choice(name: str, value: str, allowed: tuple[str, ...]) -> None:
 
 def _parse(name: str, annotation: Any, raw: str) -> Any:
     kind = str(annotation)
+    if kind.endswith("| None") and raw.lower() == "auto":
+        return None  # an optional setting's "auto" is its default, worked out at start
     try:
         if kind.startswith("tuple"):
             return tuple(part.strip() for part in raw.split(",") if part.strip())

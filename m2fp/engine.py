@@ -23,6 +23,7 @@ import torch
 
 from m2fp.build import load_model
 from m2fp.modeling.m2fp import M2FP
+from m2fp.optimize import optimize_for_inference
 from m2fp.parser import Parser, ParsingResult, PreparedImage
 
 log = logging.getLogger(__name__)
@@ -229,9 +230,25 @@ def resolve_dtype(precision: str, device: torch.device) -> torch.dtype:
     return dtype
 
 
-def prepare_model_for_inference(model: M2FP, device: torch.device, dtype: torch.dtype) -> M2FP:
-    """The one step that readies a loaded model for serving: eval mode, no gradients, the
-    device and float type. Inference-speed rewrites belong here."""
+def default_batch_max(device: torch.device) -> int:
+    """Batch size for `batch_max=None`: 4 on CUDA, 1 on the CPU, where a batch of two gives no
+    more images/s than one at a time but a higher peak RSS (docs/performance.md)."""
+    return 4 if device.type == "cuda" else 1
+
+
+def prepare_model_for_inference(
+    model: M2FP, device: torch.device, dtype: torch.dtype, *, optimize: bool = True
+) -> M2FP:
+    """The one step that readies a loaded model for serving.
+
+    With `optimize` (the default) it returns `m2fp.optimize.optimize_for_inference`'s fast
+    copy (folded BatchNorm, channels-last, gather-based deformable attention; fp16/bf16 under
+    autocast), which gives the reference's outputs within float rounding in fp32. Without it,
+    the reference model itself in eval mode, cast to `dtype`: the path the tests compare
+    against, useful to rule the optimizations out when chasing a numerical question.
+    """
+    if optimize:
+        return optimize_for_inference(model, device=device, dtype=dtype)
     model = model.eval().requires_grad_(False)
     return model.to(device=device, dtype=dtype)
 
@@ -246,10 +263,15 @@ class InferenceEngine:
             encrypted file decrypted into a BytesIO); closed after loading.
         device: 'auto' (CUDA when available), 'cpu', 'cuda' or 'cuda:N'.
         precision: 'auto' (fp16 on CUDA, fp32 on CPU), 'fp32', 'fp16' (CUDA only) or 'bf16'.
-        batch_max, batch_wait_ms, queue_max: the micro-batcher's bounds.
+        batch_max: most images per forward; None: `default_batch_max` of the device (4 on
+            CUDA, 1 on the CPU), resolved in `start()`.
+        batch_wait_ms, queue_max: how long a lone image waits for company; most images
+            waiting (beyond it `parse` raises `QueueFull`).
         warmup: run one image through before `ready` turns true.
         on_batch: called after each batch with (batch size, seconds), e.g. for metrics.
         parser_options: extra keyword arguments for `Parser` (e.g. short_edge, memory_budget).
+        optimize: serve `prepare_model_for_inference`'s optimized copy (default) rather than
+            the reference model.
     """
 
     def __init__(
@@ -260,12 +282,13 @@ class InferenceEngine:
         weights: Callable[[], BinaryIO] | None = None,
         device: str = "auto",
         precision: str = "auto",
-        batch_max: int = 4,
+        batch_max: int | None = None,
         batch_wait_ms: float = 5.0,
         queue_max: int = 16,
         warmup: bool = True,
         on_batch: Callable[[int, float], None] | None = None,
         parser_options: dict | None = None,
+        optimize: bool = True,
     ) -> None:
         if (model_dir is None) == (model is None):
             raise ValueError("give exactly one of model_dir and model")
@@ -289,6 +312,8 @@ class InferenceEngine:
         self._precision = precision
         self._warmup = warmup
         self._parser_options = dict(parser_options or {})
+        self._batch_max = batch_max
+        self._optimize = optimize
         self._parser: Parser | None = None
         self._lock = threading.Lock()  # held while the model runs
         self._start_lock = threading.Lock()
@@ -296,7 +321,7 @@ class InferenceEngine:
         self._closed = False
         self._batcher: MicroBatcher[PreparedImage, ParsingResult] = MicroBatcher(
             self._run_batch,
-            max_batch=batch_max,
+            max_batch=1 if batch_max is None else batch_max,  # set in start() when None
             max_wait_ms=batch_wait_ms,
             queue_max=queue_max,
             on_batch=on_batch,
@@ -340,7 +365,9 @@ class InferenceEngine:
             device = resolve_device(self._device_spec)
             dtype = resolve_dtype(self._precision, device)
             model = self._load()
-            model = prepare_model_for_inference(model, device, dtype)
+            model = prepare_model_for_inference(model, device, dtype, optimize=self._optimize)
+            if self._batch_max is None:
+                self._batcher.max_batch = default_batch_max(device)
             parser = Parser(model, **self._parser_options)
             if self._warmup:
                 parser.parse(np.full((*WARMUP_HW, 3), 127, dtype=np.uint8))

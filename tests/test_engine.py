@@ -300,7 +300,7 @@ def test_engine_queue_full_and_on_batch() -> None:
         parser_options=NATIVE,
     )
     eng.start()
-    model.register_forward_pre_hook(hold)
+    eng.parser.model.register_forward_pre_hook(hold)  # the served (optimized) copy
     image = _images()[3]
     results: list = []
     first = threading.Thread(target=lambda: results.append(eng.parse(image, timeout=60)))
@@ -350,7 +350,10 @@ def test_engine_loads_a_directory_with_a_weights_callable(tiny_model_dir: Path) 
         opened.append(io.BytesIO((tiny_model_dir / "pytorch_model.pt").read_bytes()))
         return opened[-1]
 
-    eng = InferenceEngine(tiny_model_dir, weights=weights, device="cpu", warmup=False)
+    # optimize=False serves the loaded model itself, so its weights can be compared exactly
+    eng = InferenceEngine(
+        tiny_model_dir, weights=weights, device="cpu", warmup=False, optimize=False
+    )
     assert opened == []  # nothing loaded before start
     eng.start()
     assert len(opened) == 1 and opened[0].closed
@@ -366,7 +369,7 @@ def test_bf16_on_cpu_is_allowed() -> None:
     )
     eng.start()
     assert eng.dtype == torch.bfloat16
-    assert next(eng.parser.model.parameters()).dtype == torch.bfloat16
+    assert eng.parser.model.autocast_dtype == torch.bfloat16  # fp32 weights under autocast
     image = _images()[0]
     result = eng.parse(image, timeout=60)
     assert result.semantic.shape == image.shape[:2] and result.semantic.dtype == np.uint8
@@ -446,3 +449,25 @@ def test_construction_and_import_do_not_touch_cuda() -> None:
     before, after = out.stdout.strip().splitlines()[-2:]
     assert before == "before [] False None"
     assert "is_available" in after  # device "auto" is resolved in start()
+
+
+def test_engine_serves_the_optimized_copy_with_the_reference_results() -> None:
+    model = make_tiny_model(0)
+    eng = InferenceEngine(model=model, device="cpu", warmup=False, parser_options=NATIVE)
+    eng.start()
+    served = eng.parser.model
+    assert served is not model and served.channels_last and served.autocast_dtype is None
+    assert eng._batcher.max_batch == 1  # batch_max=None on the CPU
+    image = _images()[0]
+    got = eng.parse(image, timeout=60)
+    want = Parser(model, **NATIVE).parse(image)
+    assert [i.category_id for i in got.instances] == [i.category_id for i in want.instances]
+    np.testing.assert_allclose(
+        [i.score for i in got.instances], [i.score for i in want.instances], atol=1e-5, rtol=0
+    )
+    # masks may differ only where a logit sits within rounding of 0: none on this image
+    assert all(
+        np.array_equal(a.mask, b.mask) for a, b in zip(got.instances, want.instances, strict=True)
+    )
+    np.testing.assert_array_equal(got.semantic, want.semantic)
+    eng.close()

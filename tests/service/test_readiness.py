@@ -95,12 +95,15 @@ class BlockingForward:
 
 
 def test_full_queue_is_503_overloaded(make_app):
-    model = make_tiny_model()
-    gate = BlockingForward(model)
     app = make_app(
-        model=model, batch_max=1, queue_max=1, batch_wait_ms=0, rate_limit="100 per minute"
+        model=make_tiny_model(),
+        batch_max=1,
+        queue_max=1,
+        batch_wait_ms=0,
+        rate_limit="100 per minute",
     )
     engine = app.extensions["m2fp"]
+    gate = BlockingForward(engine.parser.model)  # the copy the engine serves
     results: dict[str, int] = {}
 
     def send(name):
