@@ -78,7 +78,8 @@ class MicroBatcher(Generic[T, R]):
         self.queue_max = queue_max
         self._on_batch = on_batch
         self._name = name
-        self._items: deque[tuple[T, Future, float]] = deque()
+        # (item, future, time queued, the caller's timings dict or None)
+        self._items: deque[tuple[T, Future, float, dict | None]] = deque()
         self._cond = threading.Condition()
         self._thread: threading.Thread | None = None
         self._closed = False
@@ -102,8 +103,10 @@ class MicroBatcher(Generic[T, R]):
                 self._thread = threading.Thread(target=self._work, name=self._name, daemon=True)
                 self._thread.start()
 
-    def submit_future(self, item: T) -> Future:
-        """Queue `item`; the future holds its result or the batch's exception.
+    def submit_future(self, item: T, *, timings: dict[str, float] | None = None) -> Future:
+        """Queue `item`; the future holds its result or the batch's exception. `timings`, if
+        given, receives "queue" (seconds waiting for the worker) and "batch" (seconds `fn`
+        took for the batch) before the future is resolved.
 
         Raises:
             QueueFull: `queue_max` items are already waiting.
@@ -115,12 +118,14 @@ class MicroBatcher(Generic[T, R]):
                 raise EngineNotReady("the batcher is not running")
             if len(self._items) >= self.queue_max:
                 raise QueueFull(f"{len(self._items)} requests already waiting")
-            self._items.append((item, future, time.monotonic()))
+            self._items.append((item, future, time.monotonic(), timings))
             self._cond.notify()
         return future
 
-    def submit(self, item: T, *, timeout: float | None = None) -> R:
-        """Queue `item` and wait for its result.
+    def submit(
+        self, item: T, *, timeout: float | None = None, timings: dict[str, float] | None = None
+    ) -> R:
+        """Queue `item` and wait for its result (`timings`: as `submit_future`).
 
         Raises:
             QueueFull, EngineNotReady: as `submit_future`.
@@ -128,7 +133,7 @@ class MicroBatcher(Generic[T, R]):
                 worker has not started it yet).
             Exception: whatever `fn` raised for the batch.
         """
-        future = self.submit_future(item)
+        future = self.submit_future(item, timings=timings)
         try:
             return future.result(timeout=timeout)
         except FutureTimeout:
@@ -143,13 +148,13 @@ class MicroBatcher(Generic[T, R]):
             pending = list(self._items)
             self._items.clear()
             self._cond.notify_all()
-        for _, future, _ in pending:
+        for _, future, _, _ in pending:
             if future.set_running_or_notify_cancel():
                 future.set_exception(EngineNotReady("the engine was closed"))
         if self._thread is not None and self._thread is not threading.current_thread():
             self._thread.join(timeout)
 
-    def _next_batch(self) -> list[tuple[T, Future]] | None:
+    def _next_batch(self) -> list[tuple[T, Future, dict | None]] | None:
         """Block until a batch is due; None when closed."""
         with self._cond:
             while not self._items and not self._closed:
@@ -165,31 +170,41 @@ class MicroBatcher(Generic[T, R]):
             if self._closed:
                 return None
             taken = [self._items.popleft() for _ in range(min(self.max_batch, len(self._items)))]
-        # a caller that timed out has cancelled its future: skip it
-        return [(item, fut) for item, fut, _ in taken if fut.set_running_or_notify_cancel()]
+        now = time.monotonic()
+        batch = []
+        for item, fut, queued, timings in taken:
+            # a caller that timed out has cancelled its future: skip it
+            if fut.set_running_or_notify_cancel():
+                if timings is not None:
+                    timings["queue"] = now - queued
+                batch.append((item, fut, timings))
+        return batch
 
     def _work(self) -> None:
         while (batch := self._next_batch()) is not None:
             if batch:
                 self._run(batch)
 
-    def _run(self, batch: list[tuple[T, Future]]) -> None:
+    def _run(self, batch: list[tuple[T, Future, dict | None]]) -> None:
         started = time.perf_counter()
         try:
-            results = list(self._fn([item for item, _ in batch]))
+            results = list(self._fn([item for item, _, _ in batch]))
             if len(results) != len(batch):
                 raise RuntimeError(f"batch function gave {len(results)} results for {len(batch)}")
         except BaseException as exc:  # every caller of the batch gets it, the worker goes on
-            for _, future in batch:
+            for _, future, _ in batch:
                 future.set_exception(exc)
             if not isinstance(exc, Exception):
                 raise
             return
-        for (_, future), result in zip(batch, results, strict=True):
+        elapsed = time.perf_counter() - started
+        for (_, future, timings), result in zip(batch, results, strict=True):
+            if timings is not None:
+                timings["batch"] = elapsed
             future.set_result(result)
         if self._on_batch is not None:
             try:
-                self._on_batch(len(batch), time.perf_counter() - started)
+                self._on_batch(len(batch), elapsed)
             except Exception:
                 log.exception("on_batch hook failed")
 
@@ -388,11 +403,19 @@ class InferenceEngine:
         finally:
             fileobj.close()
 
-    def parse(self, image: np.ndarray, *, timeout: float | None = None) -> ParsingResult:
+    def parse(
+        self,
+        image: np.ndarray,
+        *,
+        timeout: float | None = None,
+        timings: dict[str, float] | None = None,
+    ) -> ParsingResult:
         """Parse one (H, W, 3) uint8 RGB image through the micro-batcher.
 
         The resize runs in the calling thread; the forward in the batch thread, alongside
-        other callers' images.
+        other callers' images. `timings`, if given, receives seconds spent on "prepare" (the
+        resize), "queue" (waiting for the batch thread) and "batch" (the forward and
+        post-processing of the batch this image ran in).
 
         Raises:
             EngineNotReady: not started, or closed.
@@ -402,8 +425,11 @@ class InferenceEngine:
         """
         if not self.ready:
             raise EngineNotReady("the model is not loaded yet")
+        started = time.perf_counter()
         prepared = self.parser.prepare(image)
-        return self._batcher.submit(prepared, timeout=timeout)
+        if timings is not None:
+            timings["prepare"] = time.perf_counter() - started
+        return self._batcher.submit(prepared, timeout=timeout, timings=timings)
 
     def predict(self, images: Sequence[np.ndarray]) -> list[ParsingResult]:
         """Parse images directly (no queue), under the model lock."""

@@ -87,6 +87,24 @@ def test_lone_item_waits_at_most_max_wait() -> None:
     batcher.close()
 
 
+def test_timings_report_the_wait_and_the_batch_run() -> None:
+    gate = Gate()
+    batcher = MicroBatcher(gate, max_batch=1, max_wait_ms=0, queue_max=4)
+    batcher.start()
+    first_timings: dict[str, float] = {}
+    second_timings: dict[str, float] = {}
+    first = batcher.submit_future(1, timings=first_timings)
+    assert gate.entered.wait(10)  # the worker holds item 1 until released
+    second = batcher.submit_future(2, timings=second_timings)
+    time.sleep(0.2)
+    gate.open.set()
+    assert (first.result(10), second.result(10)) == (10, 20)
+    # item 2 waited behind item 1's run; item 1 ran for the 0.2 s the gate was shut
+    assert second_timings["queue"] >= 0.15 and first_timings["queue"] >= 0
+    assert first_timings["batch"] >= 0.15 and second_timings["batch"] >= 0
+    batcher.close()
+
+
 def test_full_queue_raises_at_once() -> None:
     gate = Gate()
     batcher = MicroBatcher(gate, max_batch=1, max_wait_ms=0, queue_max=2)

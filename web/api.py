@@ -38,7 +38,7 @@ def parse() -> Response:
     decoded = service.decode(upload)
     g.image_size = decoded.original_size
     decoded_at = time.perf_counter()
-    result = service.infer(decoded.pixels)
+    result, queued = service.infer(decoded.pixels)
     g.persons = len(result.persons)
     inferred_at = time.perf_counter()
     response = _render(result, decoded.pixels, options)
@@ -47,6 +47,7 @@ def parse() -> Response:
     if options.output == "json":
         timing = {
             "decode": decoded_at - started,
+            "queue": queued,
             "inference": inferred_at - decoded_at,
             "render": rendered_at - inferred_at,
             "total": rendered_at - g.started,

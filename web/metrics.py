@@ -22,10 +22,10 @@ from prometheus_client import (
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
-# Per request: decode (validation + decode), engine (resize + wait in the queue + the batch's
-# forward), render. The forward itself is m2fp_batch_duration_seconds, once per batch: the
-# engine reports batches, not requests, so the wait is engine minus batch time.
-STAGES = ("decode", "engine", "render")
+# Per request: decode (validation + decode), resize (to the model's input size), queue (waiting
+# for the engine's batch thread), inference (the forward and post-processing of the batch the
+# image ran in), render. m2fp_batch_duration_seconds counts the inference once per batch.
+STAGES = ("decode", "resize", "queue", "inference", "render")
 
 
 class ServiceMetrics:
@@ -50,8 +50,9 @@ class ServiceMetrics:
         )
         self.stage = Histogram(
             "m2fp_stage_duration_seconds",
-            "Time per parse stage: decode (validation + decode), engine (resize, wait in"
-            " the queue, batch forward), render (overlay/JSON encoding).",
+            "Time per parse stage: decode (validation + decode), resize, queue (waiting for"
+            " the batch thread), inference (the batch's forward and post-processing),"
+            " render (overlay/JSON encoding).",
             ("stage",),
             buckets=LATENCY_BUCKETS,
             registry=r,

@@ -272,6 +272,7 @@ def _schemas() -> dict[str, Any]:
                     "additionalProperties": {"type": "number"},
                     "properties": {
                         "decode": {"type": "number"},
+                        "queue": {"type": "number"},
                         "inference": {"type": "number"},
                         "render": {"type": "number"},
                         "total": {"type": "number"},

@@ -69,11 +69,12 @@ class ParseService:
         finally:
             self.metrics.stage.labels("decode").observe(time.perf_counter() - started)
 
-    def infer(self, pixels: Any) -> Any:
-        """The engine's result for `pixels`; a full queue or a slow one is 503 `overloaded`."""
-        started = time.perf_counter()
+    def infer(self, pixels: Any) -> tuple[Any, float]:
+        """The engine's result for `pixels` and the seconds it waited in the engine's queue;
+        a full queue or a slow one is 503 `overloaded`."""
+        timings: dict[str, float] = {}
         try:
-            return self.engine.parse(pixels, timeout=ENGINE_TIMEOUT_S)
+            result = self.engine.parse(pixels, timeout=ENGINE_TIMEOUT_S, timings=timings)
         except QueueFull:
             raise Overloaded(retry_after=RETRY_OVERLOADED) from None
         except EngineNotReady:
@@ -81,7 +82,11 @@ class ParseService:
         except TimeoutError:
             raise Overloaded(retry_after=RETRY_OVERLOADED) from None
         finally:
-            self.metrics.stage.labels("engine").observe(time.perf_counter() - started)
+            # the engine fills in what it got through: resize, queue wait, the batch's run
+            for stage, key in (("resize", "prepare"), ("queue", "queue"), ("inference", "batch")):
+                if key in timings:
+                    self.metrics.stage.labels(stage).observe(timings[key])
+        return result, timings.get("queue", 0.0)
 
 
 __all__ = ["ENGINE_TIMEOUT_S", "ParseService"]

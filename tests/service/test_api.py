@@ -352,9 +352,10 @@ def test_json_result_shape(client):
     assert list(body)[:2] == ["request_id", "image"]
     assert set(body) == {"request_id", "image", "classes", "persons", "label_map", "timing_ms"}
     assert body["request_id"] == r.headers["X-Request-ID"]
-    assert set(body["timing_ms"]) == {"decode", "inference", "render", "total"}
+    assert set(body["timing_ms"]) == {"decode", "queue", "inference", "render", "total"}
     assert all(v >= 0 for v in body["timing_ms"].values())
     assert body["timing_ms"]["total"] >= body["timing_ms"]["inference"]
+    assert body["timing_ms"]["inference"] >= body["timing_ms"]["queue"]
     for stat in body["classes"]:
         assert set(stat) == {"id", "name", "color", "pixels", "fraction"}
         assert stat["name"] == CLASS_NAMES[stat["id"]]

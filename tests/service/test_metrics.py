@@ -79,7 +79,10 @@ def test_counters_after_requests(app):
     assert value(data, "m2fp_rejections_total", reason="not_found") == 2
     assert value(data, "m2fp_stage_duration_seconds_count", stage="decode") == 4
     assert value(data, "m2fp_stage_duration_seconds_count", stage="render") == 3
-    assert value(data, "m2fp_stage_duration_seconds_count", stage="engine") == 3
+    for stage in ("resize", "queue", "inference"):
+        assert value(data, "m2fp_stage_duration_seconds_count", stage=stage) == 3
+    # each image waited for the batch thread and ran in a batch that took real time
+    assert value(data, "m2fp_stage_duration_seconds_sum", stage="inference") > 0
     assert value(data, "m2fp_batch_duration_seconds_count") >= 1
     assert value(data, "m2fp_batch_size_count") >= 1
     assert value(data, "m2fp_batch_size_sum") == 3  # every image went through a batch
