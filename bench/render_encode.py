@@ -114,15 +114,24 @@ def main() -> None:
     ms, _ = _best(lambda: result_to_json(result, image, include_overlay=True), r)
     print(f"result_to_json + overlay PNG        {ms:7.1f} ms")
 
+    for name, encode in (
+        ("overlay PNG, m2fp.png (used)", lambda: render.encode_image(ov, "png")),
+        ("label map PNG, m2fp.png (used)", lambda: render.label_map_png(sem)),
+        ("label map palette PNG, m2fp.png (used)", lambda: render.label_map_png(sem, palette=True)),
+    ):
+        ms, data = _best(encode, r)
+        print(f"{name:<36} {ms:7.1f} ms  {len(data) / 1024:8.1f} KiB")
+
     overlay_image = Image.fromarray(ov)
     label_image = Image.fromarray(sem)
+    z_rle = {"compress_level": 1, "compress_type": zlib.Z_RLE}
     cases = [
-        ("overlay PNG level 1 Z_RLE (used)", overlay_image, "PNG", render.PNG_OPTIONS, r),
-        ("overlay PNG level 1", overlay_image, "PNG", {"compress_level": 1}, r),
+        ("overlay PNG, Pillow level 1 Z_RLE", overlay_image, "PNG", z_rle, r),
+        ("overlay PNG, Pillow level 1", overlay_image, "PNG", {"compress_level": 1}, r),
         ("overlay PNG level 6 (Pillow default)", overlay_image, "PNG", {"compress_level": 6}, r),
         ("overlay WebP lossless m0 q0 (used)", overlay_image, "WEBP", render.WEBP_OPTIONS, r),
         ("overlay WebP lossless default", overlay_image, "WEBP", {"lossless": True}, 1),
-        ("label map PNG level 1 Z_RLE (used)", label_image, "PNG", render.PNG_OPTIONS, r),
+        ("label map PNG, Pillow level 1 Z_RLE", label_image, "PNG", z_rle, r),
         ("label map PNG level 6", label_image, "PNG", {"compress_level": 6}, r),
         ("label map PNG level 9", label_image, "PNG", {"compress_level": 9}, r),
         ("label map PNG level 1 Z_FILTERED", label_image, "PNG",

@@ -1,21 +1,19 @@
 """Renderers for a parsing result: colour overlay, cutout, label-map and mask PNGs, COCO RLE,
 class statistics.
 
-numpy and Pillow only, and everything stays in memory: the service calls these on every request
-and never writes an upload or anything derived from it to disk.
+numpy, Pillow and `m2fp.png`, and everything stays in memory: the service calls these on every
+request and never writes an upload or anything derived from it to disk.
 
-Encoder settings, measured with `bench/render_encode.py` on a 1920x1080 overlay (2 shared CPU
-cores): PNG at zlib level 1 with the Z_RLE strategy takes 0.15-0.38 s (photo / noisy synthetic)
-where Pillow's default level 6 takes 0.96-1.05 s, for about level 6's size (level 1 with the
-default strategy is both slower and ~10 % larger: the PNG filters leave runs that RLE catches);
-label maps take ~7-16 ms and come out smaller than at level 6. Lossless WebP at method 0 /
-quality (effort) 0 takes 0.12-0.17 s where Pillow's lossless default takes 1-3.8 s.
+Encoders, measured with `bench/render_encode.py` on a 1920x1080 overlay (2 CPU cores): PNGs go
+through `m2fp.png` (row filtering in numpy, ISA-L deflate), about 25 ms where Pillow takes
+0.15-0.38 s at zlib level 1 with the Z_RLE strategy and about 1 s at its default level 6, at
+about level 6's size. Lossless WebP at method 0 / quality (effort) 0 takes 0.12-0.17 s where
+Pillow's lossless default takes 1-3.8 s. 1-bit mask PNGs stay with Pillow (small images).
 """
 
 from __future__ import annotations
 
 import io
-import zlib
 from collections.abc import Iterable
 
 import numpy as np
@@ -23,8 +21,8 @@ import pycocotools.mask as coco_mask
 from PIL import Image
 
 from m2fp.labels import CLASS_NAMES, NUM_CLASSES, PALETTE, color_hex
+from m2fp.png import encode_png
 
-PNG_OPTIONS = {"compress_level": 1, "compress_type": zlib.Z_RLE}
 WEBP_OPTIONS = {"lossless": True, "method": 0, "quality": 0, "exact": True}
 IMAGE_FORMATS = ("png", "webp")
 
@@ -172,7 +170,7 @@ def cutout(image: np.ndarray, semantic: np.ndarray, classes: Iterable[int]) -> n
 def _save(image: Image.Image, fmt: str) -> bytes:
     buf = io.BytesIO()
     if fmt == "png":
-        image.save(buf, "PNG", **PNG_OPTIONS)
+        image.save(buf, "PNG", compress_level=1)
     else:
         image.save(buf, "WEBP", **WEBP_OPTIONS)
     return buf.getvalue()
@@ -197,6 +195,8 @@ def encode_image(array: np.ndarray, fmt: str = "png") -> bytes:
         raise ValueError(f"image must be uint8, got {arr.dtype}")
     if not (arr.ndim == 2 or (arr.ndim == 3 and arr.shape[2] in (3, 4))) or arr.size == 0:
         raise ValueError(f"image must be (H, W), (H, W, 3) or (H, W, 4), got {arr.shape}")
+    if fmt == "png":
+        return encode_png(arr)
     return _save(Image.fromarray(np.ascontiguousarray(arr)), fmt)
 
 
@@ -213,10 +213,7 @@ def label_map_png(semantic: np.ndarray, *, palette: bool = False) -> bytes:
         PNG bytes; decoding gives back exactly `semantic`.
     """
     sem = _check_semantic(semantic)
-    image = Image.fromarray(np.ascontiguousarray(sem))  # mode L
-    if palette:
-        image.putpalette(PALETTE.tobytes(), rawmode="RGB")  # L → P, the values unchanged
-    return _save(image, "png")
+    return encode_png(sem, palette=PALETTE if palette else None)
 
 
 def mask_png(mask: np.ndarray) -> bytes:
