@@ -30,34 +30,19 @@ from bench._common import (  # noqa: E402
     timed,
     window_peak_mb,
 )
-from m2fp.build import build_model, load_model  # noqa: E402
+from m2fp.build import load_model  # noqa: E402
 from m2fp.config import M2FPConfig  # noqa: E402
 from m2fp.modeling.m2fp import M2FP  # noqa: E402
 from m2fp.optimize import optimize_for_inference  # noqa: E402
+from tests.model_factory import seeded_model  # noqa: E402
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 def seeded_r101(seed: int = 0) -> M2FP:
-    """The full R101 with seeded random weights, scaled as in shared/m2fp/tiny_reference
-    (zero tensors → 0.02·randn, ones → U(0.8, 1.2), class_embed ×8, mask_embed.layers.2 ×10),
-    so BatchNorm statistics are not trivial and parses find instances."""
-    torch.manual_seed(seed)
-    model = build_model(M2FPConfig.r101())
-    gen = torch.Generator().manual_seed(seed + 1)
-    with torch.no_grad():
-        for key, t in model.state_dict().items():
-            if not t.is_floating_point():
-                continue
-            if torch.all(t == 0):
-                t.copy_(0.02 * torch.randn(t.shape, generator=gen))
-            elif torch.all(t == 1):
-                t.copy_(0.8 + 0.4 * torch.rand(t.shape, generator=gen))
-            if ".class_embed." in key:
-                t.mul_(8.0)
-            elif ".mask_embed.layers.2." in key:
-                t.mul_(10.0)
-    return model.eval()
+    """The full R101 with seeded random weights scaled as in shared/m2fp/tiny_reference (the
+    tests' recipe), so BatchNorm statistics are not trivial and parses find instances."""
+    return seeded_model(M2FPConfig.r101(), seed)
 
 
 ABLATION_STEPS = ("fold", "channels-last", "gather", "onednn-linear", "decoder")

@@ -17,14 +17,14 @@ HUMAN_BIAS = 3.0
 SEED_OFFSET = 3
 
 
-def make_tiny_model(seed: int = 0) -> M2FP:
-    """`M2FPConfig.tiny()` with seeded weights scaled like shared/m2fp/tiny_reference:
-    all-zero float tensors → 0.02·randn, all-one tensors → U(0.8, 1.2), class_embed ×8,
-    mask_embed.layers.2 ×10, plus HUMAN_BIAS on the Human logit, so parses are confident
-    enough to find parts and persons."""
-    torch.manual_seed(seed + SEED_OFFSET)
-    model = build_model(M2FPConfig.tiny())
-    gen = torch.Generator().manual_seed(seed + SEED_OFFSET + 1)
+def seeded_model(cfg: M2FPConfig, seed: int) -> M2FP:
+    """`cfg` built after `torch.manual_seed(seed)`, its weights then scaled as in
+    shared/m2fp/tiny_reference (a generator seeded `seed + 1`): all-zero float tensors →
+    0.02·randn, all-one tensors → U(0.8, 1.2), class_embed ×8, mask_embed.layers.2 ×10, so
+    BatchNorm statistics are not trivial and parses find instances."""
+    torch.manual_seed(seed)
+    model = build_model(cfg)
+    gen = torch.Generator().manual_seed(seed + 1)
     with torch.no_grad():
         for key, t in model.state_dict().items():
             if not t.is_floating_point():
@@ -37,6 +37,14 @@ def make_tiny_model(seed: int = 0) -> M2FP:
                 t.mul_(8.0)
             elif ".mask_embed.layers.2." in key:
                 t.mul_(10.0)
+    return model.eval()
+
+
+def make_tiny_model(seed: int = 0) -> M2FP:
+    """`M2FPConfig.tiny()` with `seeded_model`'s weights plus HUMAN_BIAS on the Human logit,
+    so parses are confident enough to find parts and persons."""
+    model = seeded_model(M2FPConfig.tiny(), seed + SEED_OFFSET)
+    with torch.no_grad():
         # Random weights rarely favour one class; lift "Human" so every seed yields persons.
         model.sem_seg_head.predictor.class_embed.bias[HUMAN_LOGIT] += HUMAN_BIAS
     return model.eval()

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from m2fp.modeling.deform_attn import MSDeformAttn, ms_deform_attn
+from m2fp.modeling.deform_attn import MSDeformAttn, ms_deform_attn, ms_deform_attn_gather
 
 
 def _bilinear(img: torch.Tensor, x: float, y: float) -> torch.Tensor:
@@ -42,18 +42,19 @@ def _naive(value, shapes, locations, weights) -> torch.Tensor:
     return out.reshape(n, lq, m * d)
 
 
+@pytest.mark.parametrize("sampler", [ms_deform_attn, ms_deform_attn_gather], ids=["grid", "gather"])
 @pytest.mark.parametrize("seed", [0, 1])
-def test_matches_naive_loop_float64(seed: int) -> None:
+def test_matches_naive_loop_float64(seed: int, sampler) -> None:
     g = torch.Generator().manual_seed(seed)
     shapes = [(3, 5), (6, 4), (7, 9)]
     n, m, d, lq, p = 2, 2, 3, 5, 4
     s = sum(h * w for h, w in shapes)
     value = torch.randn(n, s, m, d, generator=g, dtype=torch.float64)
-    # some points fall outside [0, 1] to exercise the zero padding
+    # points up to 0.4 outside [0, 1] on each side: zero padding and clamped corners
     locations = torch.rand(n, lq, m, len(shapes), p, 2, generator=g, dtype=torch.float64)
-    locations = locations * 1.4 - 0.2
+    locations = locations * 1.8 - 0.4
     weights = torch.rand(n, lq, m, len(shapes), p, generator=g, dtype=torch.float64)
-    got = ms_deform_attn(value, shapes, locations, weights)
+    got = sampler(value, shapes, locations, weights)
     want = _naive(value, shapes, locations, weights)
     assert got.shape == (n, lq, m * d)
     torch.testing.assert_close(got, want, atol=1e-12, rtol=0)

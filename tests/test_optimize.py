@@ -14,7 +14,7 @@ from torch import nn
 
 from m2fp.build import load_model
 from m2fp.modeling.backbone import ConvNorm
-from m2fp.modeling.deform_attn import MSDeformAttn, ms_deform_attn, ms_deform_attn_gather
+from m2fp.modeling.deform_attn import MSDeformAttn
 from m2fp.modeling.m2fp import M2FP
 from m2fp.optimize import (
     GroupNormChannelsLast,
@@ -26,7 +26,6 @@ from m2fp.optimize import (
 )
 from tests.conftest import TINY_REFERENCE
 from tests.model_factory import make_tiny_model
-from tests.test_deform_attn import _naive
 
 ATOL = 1e-4
 CASES = torch.load(TINY_REFERENCE / "cases.pt", weights_only=True)["cases"]
@@ -148,24 +147,6 @@ def test_optimized_matches_modelscope_tiny_reference(name: str) -> None:
     torch.testing.assert_close(masks, want_masks, atol=ATOL, rtol=0)
     aux = torch.stack(out.aux_class_logits)
     torch.testing.assert_close(aux, want["aux_pred_logits"], atol=ATOL, rtol=0)
-
-
-@pytest.mark.parametrize("seed", [0, 1])
-def test_gather_sampler_matches_naive_loop_float64(seed: int) -> None:
-    g = torch.Generator().manual_seed(seed)
-    shapes = [(3, 5), (6, 4), (7, 9)]
-    n, m, d, lq, p = 2, 2, 3, 5, 4
-    s = sum(h * w for h, w in shapes)
-    value = torch.randn(n, s, m, d, generator=g, dtype=torch.float64)
-    # points up to 0.4 outside [0, 1] on each side: zero padding and clamped corners
-    locations = torch.rand(n, lq, m, len(shapes), p, 2, generator=g, dtype=torch.float64)
-    locations = locations * 1.8 - 0.4
-    weights = torch.rand(n, lq, m, len(shapes), p, generator=g, dtype=torch.float64)
-    got = ms_deform_attn_gather(value, shapes, locations, weights)
-    torch.testing.assert_close(got, _naive(value, shapes, locations, weights), atol=1e-12, rtol=0)
-    torch.testing.assert_close(
-        got, ms_deform_attn(value, shapes, locations, weights), atol=1e-12, rtol=0
-    )
 
 
 def test_gather_sampler_module_equals_grid_sample_module() -> None:
