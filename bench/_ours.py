@@ -40,7 +40,7 @@ DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 def seeded_r101(seed: int = 0) -> M2FP:
-    """The full R101 with seeded random weights scaled as in shared/m2fp/tiny_reference (the
+    """The full R101 with seeded random weights scaled as in tests/fixtures/m2fp/tiny_reference (the
     tests' recipe), so BatchNorm statistics are not trivial and parses find instances."""
     return seeded_model(M2FPConfig.r101(), seed)
 

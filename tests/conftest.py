@@ -11,8 +11,9 @@ import pytest
 os.environ.setdefault("OMP_NUM_THREADS", "2")
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED = REPO.parent / "shared"
-TINY_REFERENCE = SHARED / "m2fp" / "tiny_reference"
+# The project's model facts (shared/m2fp), copied in so a clone anywhere runs the tests.
+M2FP_FIXTURES = REPO / "tests" / "fixtures" / "m2fp"
+TINY_REFERENCE = M2FP_FIXTURES / "tiny_reference"
 
 
 @pytest.fixture(scope="session")

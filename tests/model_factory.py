@@ -19,7 +19,7 @@ SEED_OFFSET = 3
 
 def seeded_model(cfg: M2FPConfig, seed: int) -> M2FP:
     """`cfg` built after `torch.manual_seed(seed)`, its weights then scaled as in
-    shared/m2fp/tiny_reference (a generator seeded `seed + 1`): all-zero float tensors →
+    tests/fixtures/m2fp/tiny_reference (a generator seeded `seed + 1`): all-zero float tensors →
     0.02·randn, all-one tensors → U(0.8, 1.2), class_embed ×8, mask_embed.layers.2 ×10, so
     BatchNorm statistics are not trivial and parses find instances."""
     torch.manual_seed(seed)

@@ -9,14 +9,14 @@ import torch
 
 from m2fp.build import build_model
 from m2fp.config import M2FPConfig
-from tests.conftest import SHARED, TINY_REFERENCE
+from tests.conftest import M2FP_FIXTURES, TINY_REFERENCE
 
-OFFICIAL_CONFIG = SHARED / "m2fp" / "configuration.json"
+OFFICIAL_CONFIG = M2FP_FIXTURES / "configuration.json"
 
 
 def _official_keys() -> dict[str, tuple[list[int], str]]:
     out = {}
-    for line in (SHARED / "m2fp" / "official_keys.txt").read_text().splitlines():
+    for line in (M2FP_FIXTURES / "official_keys.txt").read_text().splitlines():
         if line.startswith("#") or not line.strip():
             continue
         key, shape, dtype = line.split("\t")

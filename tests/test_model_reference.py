@@ -1,4 +1,4 @@
-"""Raw logits against ModelScope's own M2FP run on the tiny reference (shared/m2fp/tiny_reference)
+"""Raw logits against ModelScope's own M2FP run on the tiny reference (tests/fixtures/m2fp/tiny_reference)
 plus batching and padding properties of M2FP.forward."""
 
 from __future__ import annotations
