@@ -98,7 +98,7 @@ class M2FPConfig:
 
     @classmethod
     def tiny(cls) -> M2FPConfig:
-        """The tiny test architecture of `tests/fixtures/m2fp/tiny_reference` (176,254 parameters)."""
+        """The tiny architecture of `tests/fixtures/m2fp/tiny_reference` (176,254 parameters)."""
         return cls(
             backbone=BackboneConfig(
                 depth=50, width_per_group=4, stem_out_channels=16, res2_out_channels=16

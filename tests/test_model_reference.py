@@ -1,5 +1,5 @@
-"""Raw logits against ModelScope's own M2FP run on the tiny reference (tests/fixtures/m2fp/tiny_reference)
-plus batching and padding properties of M2FP.forward."""
+"""Raw logits against ModelScope's own M2FP run on the tiny reference
+(tests/fixtures/m2fp/tiny_reference), plus batching and padding properties of M2FP.forward."""
 
 from __future__ import annotations
 
