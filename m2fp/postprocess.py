@@ -17,8 +17,9 @@ Reproduces `M2FP.postprocess` → `instance_parsing_inference` → the pipeline'
 The full computation resizes all 100 top-k masks to the original size: 100 float maps (4.8 GB
 for a 12 MP photo). Since the mask score is a mean of sigmoids (≤ 1), score ≤ class probability:
 a pair whose probability is below every threshold can never contribute. So candidates are
-selected from the probabilities first, each distinct query is resized once, in chunks bounded
-by `memory_budget`, and only reductions, the bool masks and the few running maps are kept.
+selected from the probabilities first, each distinct query is resized on its own into a reused
+buffer, and only reductions, the bool masks, the few running maps and (when they fit in
+`memory_budget`) the candidates' probability maps are kept.
 The results are those of the full computation: the same float operations on the same values.
 
 Everything runs on the device of the logits; the host waits for the device twice per image
@@ -38,8 +39,6 @@ TOPK_PER_IMAGE = 100  # ModelScope's hard-coded test_topk_per_image
 PART_SCORE_THR = 0.1  # parts are kept when score >= 0.1
 HUMAN_SCORE_THR = 0.1  # humans are kept when score > 0.1
 DEFAULT_MEMORY_BUDGET = 512 << 20  # bytes of full-size float maps (see postprocess_image)
-# Working bytes per pixel and query while scoring: the float map, a float product, a bool mask.
-_SCORING_BYTES_PER_PIXEL = 9
 _KEPT_BYTES_PER_PIXEL = 4  # a probability map kept for reuse
 
 
@@ -164,9 +163,9 @@ def postprocess_image(
         num_parsing: semantic classes (0..num_parsing-1); Human is class `num_parsing`.
         semantic_score_thr: the model's `parsing_ins_score_thr`.
         topk: (query, class) pairs considered, 100 as ModelScope.
-        memory_budget: bytes of float maps to work with: queries are resized in chunks of
-            about this size, and their probability maps are kept for the semantic map and
-            persons when all of them fit in it (else resized again). Peak use is about 1.5x.
+        memory_budget: bytes of full-size probability maps that may be kept: when the
+            candidates' maps all fit, each query is resized once; otherwise they are resized
+            again for the semantic map and persons (slower, but memory stays a few maps).
     """
     min_prob = min(PART_SCORE_THR, HUMAN_SCORE_THR, semantic_score_thr)
     cand = select_candidates(class_logits, topk=topk, min_prob=min_prob)
@@ -202,11 +201,12 @@ def postprocess_image(
 
 
 class _QueryMaps:
-    """Resizes chosen queries' mask logits to the original size in chunks that fit a budget,
-    keeping their probability maps for reuse when all of them fit in the budget.
+    """Resizes chosen queries' mask logits to the original size one at a time into reused
+    buffers, keeping their probability maps for reuse when all of them fit in the budget.
 
-    Row r is `queries[r]`. Index tensors go to the device once (`__init__`, `plan`), so the
-    loops below only queue device work.
+    Row r is `queries[r]`. A fresh full-size tensor per query would cost its page faults on
+    every use (large allocations go back to the system when freed): at 12 MP they were a
+    third of the time, so every full-size map is written with `out=` into a buffer made once.
     """
 
     def __init__(
@@ -219,62 +219,61 @@ class _QueryMaps:
         memory_budget: int,
     ) -> None:
         self.mask_logits = mask_logits
-        self.sizes = {"padded_hw": padded_hw, "resized_hw": resized_hw, "output_hw": output_hw}
+        self.padded_hw, self.resized_hw, self.output_hw = padded_hw, resized_hw, output_hw
+        self.queries = queries
         self.num_rows = len(queries)
-        self.index = torch.tensor(queries, dtype=torch.long).to(mask_logits.device)
-        pixels = max(output_hw[0] * output_hw[1], padded_hw[0] * padded_hw[1])
-        self.chunk = max(1, memory_budget // (_SCORING_BYTES_PER_PIXEL * pixels))
+        pixels = output_hw[0] * output_hw[1]
         self.keep = self.num_rows * _KEPT_BYTES_PER_PIXEL * pixels <= memory_budget
-        self.kept: list[torch.Tensor] = []  # the probability maps, chunk by chunk
-        self._planned: list[tuple[list[int], torch.Tensor]] = []
+        device = mask_logits.device
+        self.kept = torch.empty((self.num_rows if self.keep else 0, *output_hw), device=device)
+        self.buffer = torch.empty(output_hw, dtype=torch.float32, device=device)
+        self._planned: list[list[int]] = []
 
-    def _logits(self, query_index: torch.Tensor) -> torch.Tensor:
-        return upsample_mask_logits(self.mask_logits[query_index], **self.sizes)
+    def _logits(self, row: int, out: torch.Tensor) -> torch.Tensor:
+        """Row `row`'s logits at the original size, written into `out` (H, W): the two
+        bilinear steps of `upsample_mask_logits`, the second one with the same kernel."""
+        x = F.interpolate(
+            self.mask_logits[self.queries[row]].float()[None, None],
+            size=self.padded_hw,
+            mode="bilinear",
+            align_corners=False,
+        )
+        x = x[..., : self.resized_hw[0], : self.resized_hw[1]]
+        torch.ops.aten.upsample_bilinear2d.out(
+            x, list(self.output_hw), False, None, None, out=out[None, None]
+        )
+        return out
 
     def score_all(self) -> tuple[torch.Tensor, torch.Tensor]:
         """bool (U, H, W) `logit > 0` and float32 (U,) mean sigmoid over it, for every row."""
         n = self.num_rows
-        height, width = self.sizes["output_hw"]
         device = self.mask_logits.device
-        positive = torch.empty((n, height, width), dtype=torch.bool, device=device)
+        positive = torch.empty((n, *self.output_hw), dtype=torch.bool, device=device)
         mean = torch.empty(n, dtype=torch.float32, device=device)
-        for start in range(0, n, self.chunk):
-            stop = min(start + self.chunk, n)
-            logits = self._logits(self.index[start:stop])
-            # float arithmetic only (bool operands take slow CPU paths): hits = (logit > 0)
-            hits = torch.clamp(logits, min=0.0).sign_()
-            positive[start:stop].copy_(hits)
-            hits = hits.flatten(1)
-            count = hits.sum(1)
-            probs = logits.sigmoid_()
-            num = hits.mul_(probs.flatten(1)).sum(1)
-            mean[start:stop] = num / (count + 1e-6)  # ModelScope's formula and float32 sums
-            del hits
-            if self.keep:
-                self.kept.append(probs)
+        hits = torch.empty(self.output_hw, dtype=torch.float32, device=device)
+        for row in range(n):
+            logits = self._logits(row, self.buffer)
+            torch.gt(logits, 0.0, out=positive[row])
+            # float arithmetic for the sums (bool operands take slow CPU paths): 1 where > 0
+            torch.clamp(logits, min=0.0, out=hits).sign_()
+            count = hits.sum()
+            probs = torch.sigmoid(logits, out=self.kept[row] if self.keep else logits)
+            num = hits.mul_(probs).sum()
+            mean[row] = num / (count + 1e-6)  # ModelScope's formula and float32 sums
         return positive, mean
 
     def plan(self, sequences: list[list[int]]) -> None:
         """Declare the row sequences `probabilities` will be asked for, in that order."""
-        if self.keep:
-            self._planned = [(rows, torch.empty(0)) for rows in sequences]
-            return
-        flat = torch.tensor([r for rows in sequences for r in rows], dtype=torch.long)
-        flat = flat.to(self.mask_logits.device)
-        offsets = np.cumsum([0] + [len(rows) for rows in sequences])
-        self._planned = [
-            (rows, flat[offsets[i] : offsets[i + 1]]) for i, rows in enumerate(sequences)
-        ]
+        self._planned = list(sequences)
 
     def probabilities(self) -> Iterator[torch.Tensor]:
-        """The sigmoid (H, W) maps of the next planned sequence, one at a time, in order."""
-        rows, rows_dev = self._planned.pop(0)
-        if self.keep:
-            for r in rows:
-                yield self.kept[r // self.chunk][r % self.chunk]
-            return
-        for start in range(0, len(rows), self.chunk):
-            yield from self._logits(self.index[rows_dev[start : start + self.chunk]]).sigmoid_()
+        """The sigmoid (H, W) maps of the next planned sequence, one at a time, in order; a
+        map recomputed into the shared buffer is valid until the next one is asked for."""
+        for row in self._planned.pop(0):
+            if self.keep:
+                yield self.kept[row]
+            else:
+                yield self._logits(row, self.buffer).sigmoid_()
 
 
 def _semantic_map(

@@ -18,7 +18,7 @@ from m2fp.postprocess import (
 from tests.conftest import TINY_REFERENCE
 
 CASES = torch.load(TINY_REFERENCE / "cases.pt", weights_only=True)["cases"]
-TINY_BUDGET = 1  # forces one query per chunk and no cached maps
+TINY_BUDGET = 1  # too small to keep any map: every one is resized again when needed
 
 
 def _case(name: str) -> dict:
@@ -79,7 +79,7 @@ def _fragile_mask(case: dict, query: int) -> np.ndarray:
     return fragile
 
 
-@pytest.mark.parametrize("budget", [512 << 20, TINY_BUDGET], ids=["cached", "chunked"])
+@pytest.mark.parametrize("budget", [512 << 20, TINY_BUDGET], ids=["kept", "recomputed"])
 @pytest.mark.parametrize("name", [c["name"] for c in CASES])
 def test_stored_logits_give_modelscope_outputs(name: str, budget: int) -> None:
     case = _case(name)
@@ -130,15 +130,13 @@ SIZES = [
 ]
 
 
-@pytest.mark.parametrize("chunk", [None, 3, 1], ids=["kept", "chunks-of-3", "one-by-one"])
+@pytest.mark.parametrize("budget", [512 << 20, TINY_BUDGET], ids=["kept", "recomputed"])
 @pytest.mark.parametrize(("padded", "resized", "original"), SIZES)
 def test_equals_the_full_computation(
-    padded: tuple[int, int], resized: tuple[int, int], original: tuple[int, int], chunk: int
+    padded: tuple[int, int], resized: tuple[int, int], original: tuple[int, int], budget: int
 ) -> None:
-    """Every path: all maps resized at once and kept, or resized in chunks (a budget for 3 or
-    1 query at a time, too small to keep them) and resized again for the semantic map."""
-    pixels = max(original[0] * original[1], padded[0] * padded[1])
-    budget = 512 << 20 if chunk is None else 9 * pixels * chunk
+    """Both paths: the probability maps kept from scoring, or (a budget too small to keep
+    them) resized again for the semantic map and the persons."""
     class_logits, mask_logits = _synthetic(sum(original), 40, padded)
     parsed = postprocess_image(
         class_logits,
