@@ -12,6 +12,7 @@ import pytest
 from flask import Flask
 
 from app import create_app
+from tests.service.servers import REPO
 
 
 @pytest.fixture(scope="session")
@@ -53,6 +54,18 @@ def client(app: Flask) -> Any:
 
 
 Namespace = Callable[..., tuple[list[str], dict[str, Path]]]
+_PRIVATE = {"tmp": Path("/tmp"), "var_tmp": Path("/var/tmp")}  # replaced inside the namespace
+
+
+def _keep_visible(path: Path, dirs: Mapping[str, Path], *, read_only: bool) -> list[str]:
+    """bubblewrap arguments that bind `path` back at its own place when it lies under a
+    directory the namespace replaces (a checkout cloned into /tmp: the server runs from it),
+    with its mount point made now, not by bubblewrap while a watch may be running."""
+    for name, private in _PRIVATE.items():
+        if path.is_relative_to(private):
+            (dirs[name] / path.relative_to(private)).mkdir(parents=True, exist_ok=True)
+            return ["--ro-bind" if read_only else "--bind", str(path), str(path)]
+    return []
 
 
 @pytest.fixture
@@ -81,6 +94,7 @@ def namespace(tmp_path: Path) -> Iterator[Namespace]:
         wrapper = [bwrap, "--die-with-parent", *(root if read_only else ["--dev-bind", "/", "/"])]
         wrapper += ["--bind", str(dirs["tmp"]), "/tmp", "--bind", str(dirs["var_tmp"]), "/var/tmp"]
         wrapper += ["--bind", str(dirs["shm"]), "/dev/shm"]
+        wrapper += _keep_visible(REPO, dirs, read_only=read_only)
         for inside, outside in ro_binds.items():
             wrapper += ["--ro-bind", str(outside), inside]
         return wrapper, dirs

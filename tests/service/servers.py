@@ -110,8 +110,8 @@ class Gunicorn:
         try:
             if wait_ready:
                 self._wait_ready(workers, ready_timeout)
-            elif not self._port_found.wait(ready_timeout):
-                raise RuntimeError("gunicorn did not start:\n" + self.logs())
+            else:
+                self._wait_port(ready_timeout)
         except BaseException:
             self.stop()
             raise
@@ -129,10 +129,18 @@ class Gunicorn:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
+    def _wait_port(self, timeout: float) -> None:
+        """Until gunicorn says where it listens; a gunicorn that exits first fails at once."""
+        deadline = time.monotonic() + timeout
+        while not self._port_found.wait(0.2):
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                for reader in self._readers:
+                    reader.join(5)  # the exit's last lines
+                raise RuntimeError("gunicorn did not start:\n" + self.logs())
+
     def _wait_ready(self, workers: int, timeout: float) -> None:
         deadline = time.monotonic() + timeout
-        if not self._port_found.wait(timeout):
-            raise RuntimeError("gunicorn did not start:\n" + self.logs())
+        self._wait_port(timeout)
         ready = 0
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
