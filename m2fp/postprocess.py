@@ -127,17 +127,22 @@ def upsample_mask_logits(
     padded_hw: tuple[int, int],
     resized_hw: tuple[int, int],
     output_hw: tuple[int, int],
+    out: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """(n, Hp/4, Wp/4) stride-4 logits → float32 (n, H, W) at the original size.
 
     Bilinear (align_corners False) to the padded size, crop to the resized image, bilinear to
-    the original size: ModelScope's two steps, each plane independently.
+    the original size: ModelScope's two steps, each plane independently. `out`, a float32
+    (n, H, W) tensor, receives the result without a new full-size allocation (same kernel).
     """
     x = F.interpolate(
         mask_logits.float()[None], size=padded_hw, mode="bilinear", align_corners=False
     )
     x = x[..., : resized_hw[0], : resized_hw[1]]
-    return F.interpolate(x, size=output_hw, mode="bilinear", align_corners=False)[0]
+    if out is None:
+        return F.interpolate(x, size=output_hw, mode="bilinear", align_corners=False)[0]
+    torch.ops.aten.upsample_bilinear2d.out(x, list(output_hw), False, None, None, out=out[None])
+    return out
 
 
 def postprocess_image(
@@ -230,17 +235,13 @@ class _QueryMaps:
         self._planned: list[list[int]] = []
 
     def _logits(self, row: int, out: torch.Tensor) -> torch.Tensor:
-        """Row `row`'s logits at the original size, written into `out` (H, W): the two
-        bilinear steps of `upsample_mask_logits`, the second one with the same kernel."""
-        x = F.interpolate(
-            self.mask_logits[self.queries[row]].float()[None, None],
-            size=self.padded_hw,
-            mode="bilinear",
-            align_corners=False,
-        )
-        x = x[..., : self.resized_hw[0], : self.resized_hw[1]]
-        torch.ops.aten.upsample_bilinear2d.out(
-            x, list(self.output_hw), False, None, None, out=out[None, None]
+        """Row `row`'s logits at the original size, written into `out` (H, W)."""
+        upsample_mask_logits(
+            self.mask_logits[self.queries[row]][None],
+            padded_hw=self.padded_hw,
+            resized_hw=self.resized_hw,
+            output_hw=self.output_hw,
+            out=out[None],
         )
         return out
 
