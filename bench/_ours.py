@@ -34,7 +34,7 @@ from m2fp.build import load_model  # noqa: E402
 from m2fp.config import M2FPConfig  # noqa: E402
 from m2fp.modeling.m2fp import M2FP  # noqa: E402
 from m2fp.optimize import optimize_for_inference  # noqa: E402
-from tests.model_factory import seeded_model  # noqa: E402
+from tests.support.model_factory import seeded_model  # noqa: E402
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 

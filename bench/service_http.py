@@ -54,7 +54,7 @@ def main() -> None:
     args = parser.parse_args()
     model_dir = args.model_dir
     if model_dir is None:
-        from tests.model_factory import write_tiny_model_dir
+        from tests.support.model_factory import write_tiny_model_dir
 
         model_dir = write_tiny_model_dir(tempfile.mkdtemp(prefix="m2fp-bench-"), seed=0)
     env = {

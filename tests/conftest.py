@@ -1,25 +1,67 @@
-"""Fixtures shared by every test module: paths, tiny model directories made by the tests."""
+"""Fixtures shared by every test module: tiny model directories made by the tests, apps built
+by `create_app` around a tiny real model, and the bubblewrap namespace of the disk watches."""
 
 from __future__ import annotations
 
 import os
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 # Two cores on CI: keep torch from oversubscribing them when tests run servers beside it.
 os.environ.setdefault("OMP_NUM_THREADS", "2")
 
-REPO = Path(__file__).resolve().parents[1]
-# The project's model facts (shared/m2fp), copied in so a clone anywhere runs the tests.
-M2FP_FIXTURES = REPO / "tests" / "fixtures" / "m2fp"
-TINY_REFERENCE = M2FP_FIXTURES / "tiny_reference"
+from flask import Flask  # noqa: E402
+
+from tests.support.namespace import namespace  # noqa: E402, F401  (a fixture)
 
 
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A ModelScope-style model directory (configuration.json + pytorch_model.pt) holding a
     tiny M2FP with seeded random weights, confident enough to find parts and persons."""
-    from tests.model_factory import write_tiny_model_dir
+    from tests.support.model_factory import write_tiny_model_dir
 
     return write_tiny_model_dir(tmp_path_factory.mktemp("tiny_model"), seed=0)
+
+
+@pytest.fixture(scope="session")
+def tiny_model() -> Any:
+    from tests.support.model_factory import make_tiny_model
+
+    return make_tiny_model(seed=0)
+
+
+@pytest.fixture
+def make_app(tiny_model: Any) -> Iterator[Callable[..., Flask]]:
+    """`make_app(**overrides)`: `create_app` with the tiny model (the service's own
+    InferenceEngine around it), no warm-up, waiting until the model is loaded."""
+    from app import create_app
+
+    apps: list[Flask] = []
+
+    def factory(wait: bool = True, **overrides: Any) -> Flask:
+        if "engine" not in overrides and "model_dir" not in overrides:
+            overrides.setdefault("model", tiny_model)
+        overrides.setdefault("warmup", False)
+        app = create_app(overrides)
+        apps.append(app)
+        if wait:
+            assert app.extensions["m2fp_service"].runtime.wait(60), "model load timed out"
+        return app
+
+    yield factory
+    for app in apps:
+        app.extensions["m2fp"].close()
+
+
+@pytest.fixture
+def app(make_app: Callable[..., Flask]) -> Flask:
+    return make_app(rate_limit="1000 per minute")
+
+
+@pytest.fixture
+def client(app: Flask) -> Any:
+    return app.test_client()

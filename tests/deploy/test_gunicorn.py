@@ -1,0 +1,272 @@
+"""The service behind a real socket: gunicorn running `app:create_app()` on 127.0.0.1.
+
+The Flask test client spools multipart bodies over 500 KB to a temporary file itself, so
+"nothing on disk" can only be shown over a socket:
+
+- inotify watches every place the server could write while uploads up to the byte cap go
+  through (multipart with Content-Length, chunked raw bodies, JSON base64). The server runs
+  in a mount namespace (bubblewrap) whose /tmp, /var/tmp, /dev/shm and $HOME are directories
+  only it uses, so every event there is the server's: other processes on this shared machine
+  write to the real /tmp all the time and inotify cannot tell who wrote.
+- the same uploads under a read-only root (only /dev/shm writable, a tmpfs) all succeed: any
+  write anywhere would have failed the request.
+- with a real redis-server and 2 workers the rate limit holds in total; with memory:// each
+  worker counts for itself (the trap this guards against).
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import secrets
+import shutil
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import requests
+
+from tests.support import images
+from tests.support.fswatch import TreeWatch, unexpected
+from tests.support.servers import REPO, Gunicorn, RedisServer
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
+
+CAP = 10 * 1024 * 1024  # the default M2FP_MAX_UPLOAD_MB
+PARSE = "/api/v1/parse"
+BWRAP = shutil.which("bwrap")
+
+
+def chunked(data: bytes, size: int = 64 * 1024):
+    for start in range(0, len(data), size):
+        yield data[start : start + size]
+
+
+def uploads(url: str, canary: str) -> list[tuple[str, int, requests.Response]]:
+    """Every upload form up to the cap, and the rejections; (what, expected status, response)."""
+    full = images.padded_png(CAP, canary=canary)
+    multipart_file = images.padded_png(CAP - 4096, canary=canary)
+    json_file = images.padded_png(CAP - 1024, canary=canary)
+    name = f"{canary}-me.png"
+    sent = []
+
+    def post(what, expected, **kwargs):
+        sent.append((what, expected, requests.post(url + PARSE, timeout=120, **kwargs)))
+
+    post(
+        "multipart, Content-Length",
+        200,
+        params={"output": "json"},
+        files={"image": (name, multipart_file, "image/png")},
+    )
+    post(
+        "multipart 600 KB",
+        200,
+        files={"file": (name, images.padded_png(600_000), "image/png")},
+        headers={"Accept": "image/png"},
+    )
+    post("raw, chunked", 200, data=chunked(full), headers={"Content-Type": "image/png"})
+    post(
+        "raw, Content-Length",
+        200,
+        data=full,
+        headers={"Content-Type": "image/png"},
+        params={"output": "overlay", "format": "webp"},
+    )
+    post("JSON base64", 200, json={"image": base64.b64encode(json_file).decode()})
+    post(
+        "cutout",
+        200,
+        data=images.jpeg(),
+        params={"output": "cutout", "classes": "1,2,5"},
+        headers={"Content-Type": "image/jpeg"},
+    )
+    post(
+        "raw, chunked, one byte over the cap",
+        413,
+        data=chunked(images.padded_png(CAP + 1)),
+        headers={"Content-Type": "image/png"},
+    )
+    post("pixel bomb", 413, data=images.bomb_png(), headers={"Content-Type": "image/png"})
+    post(
+        "truncated", 422, files={"image": (f"{canary}.jpg", images.truncated_jpeg(), "image/jpeg")}
+    )
+    post("text as png", 415, files={"image": (name, images.TEXT, "image/png")})
+    return sent
+
+
+def check(sent) -> None:
+    for what, expected, response in sent:
+        assert response.status_code == expected, (what, response.text[:300])
+        assert response.headers["Cache-Control"] == "no-store", what
+
+
+def test_uploads_write_nothing_anywhere(namespace, tiny_model_dir):
+    wrapper, dirs = namespace({"/tmp/model": tiny_model_dir})
+    env = {
+        "M2FP_MODEL_DIR": "/tmp/model",
+        "M2FP_RATE_LIMIT": "1000 per minute",
+        "M2FP_BAN_AFTER": "1000",
+        "HOME": "/tmp/home",
+        "TMPDIR": "/tmp",
+    }
+    server = Gunicorn(env, wrapper=wrapper)
+    try:
+        # Warm-up: every code path once, so lazy imports and first-use caches happen now.
+        check(uploads(server.url, "warmup"))
+        watch = TreeWatch()
+        for name in ("tmp", "var_tmp", "shm"):
+            watch.add(dirs[name])
+        watch.add(tiny_model_dir)
+        watch.add(REPO)
+        watch.add("/", recursive=False)
+        watch.drain(timeout_ms=300)  # forget what the warm-up left in flight
+        canary = "CANARY" + secrets.token_hex(8)
+        sent = uploads(server.url, canary)
+        events = watch.drain(timeout_ms=500)
+        watch.close()
+        check(sent)
+        # gunicorn's heartbeat: the worker fchmods its (empty) file in worker_tmp_dir.
+        heartbeat = [e for e in events if "/wgunicorn-" in e.path and e.kinds == ("ATTRIB",)]
+        assert unexpected(events, allowed=[e.path for e in heartbeat]) == []
+        # Nothing of the uploads in the logs either.
+        logs = server.logs()
+        assert canary not in logs
+        assert len([line for line in server.stdout if line.startswith('{"time"')]) >= 2 * len(sent)
+        # No version in the Server header; CUDA/torch never in the master.
+        assert not any(c.isdigit() for c in sent[0][2].headers.get("Server", ""))
+        master = server.workers()[0].parent()
+        maps = Path(f"/proc/{master.pid}/maps").read_text()
+        assert "libtorch" not in maps and "libcuda" not in maps
+    finally:
+        server.stop()
+
+
+def _peak_rss(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024
+    raise AssertionError("no VmHWM")
+
+
+def test_uploads_succeed_under_a_read_only_root(tiny_model_dir):
+    assert BWRAP, "bubblewrap is missing: ./scripts/setup installs it"
+    wrapper = [
+        BWRAP,
+        "--die-with-parent",
+        "--ro-bind",
+        "/",
+        "/",
+        "--dev",
+        "/dev",
+        "--proc",
+        "/proc",
+        "--tmpfs",
+        "/dev/shm",
+    ]
+    env = {
+        "M2FP_MODEL_DIR": str(tiny_model_dir),
+        "M2FP_RATE_LIMIT": "1000 per minute",
+        "M2FP_BAN_AFTER": "1000",
+    }
+    server = Gunicorn(env, wrapper=wrapper)
+    try:
+        check(uploads(server.url, "readonly"))
+        # A few-KB PNG declaring 30000x30000: 413 without the worker's memory jumping.
+        worker = server.workers()[0].pid
+        before = _peak_rss(worker)
+        r = requests.post(
+            server.url + PARSE,
+            data=images.bomb_png(),
+            headers={"Content-Type": "image/png"},
+            timeout=30,
+        )
+        assert r.status_code == 413
+        assert r.json()["error"]["code"] == "payload_too_large"
+        assert _peak_rss(worker) - before < 64 * 1024 * 1024
+        assert "Read-only file system" not in server.logs()
+    finally:
+        server.stop()
+
+
+def _burst(url: str, count: int) -> list[requests.Response]:
+    """`count` parses from 4 threads, each on a new connection (spread over the workers)."""
+    responses: list[requests.Response] = []
+    lock = threading.Lock()
+
+    def send(n):
+        for _ in range(n):
+            r = requests.post(
+                url + PARSE,
+                data=images.png(64, 48),
+                timeout=60,
+                headers={"Content-Type": "image/png", "Connection": "close"},
+            )
+            with lock:
+                responses.append(r)
+
+    threads = [threading.Thread(target=send, args=(count // 4,)) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return responses
+
+
+@pytest.mark.parametrize("storage", ["redis", "memory"])
+def test_rate_limit_across_two_workers(tmp_path, tiny_model_dir, storage):
+    redis = RedisServer(tmp_path) if storage == "redis" else None
+    env = {
+        "M2FP_MODEL_DIR": str(tiny_model_dir),
+        "M2FP_RATE_LIMIT": "5 per minute",
+        "M2FP_RATELIMIT_STORAGE": redis.url if redis else "memory://",
+    }
+    server = None
+    try:
+        server = Gunicorn(env, workers=2)
+        assert len(server.workers()) == 2
+        responses = _burst(server.url, 24)
+        statuses = [r.status_code for r in responses]
+        assert set(statuses) <= {200, 429}
+        if storage == "redis":
+            assert statuses.count(200) == 5  # in total, whichever worker answered
+            limited = next(r for r in responses if r.status_code == 429)
+            assert limited.json()["error"]["code"] == "rate_limited"
+            assert int(limited.headers["Retry-After"]) > 0
+        else:
+            # memory:// counts per worker: more than 5 got through. This is why several
+            # workers or machines need M2FP_RATELIMIT_STORAGE=redis://...
+            assert statuses.count(200) > 5
+        for line in server.stdout:
+            if line.startswith('{"time"'):
+                json.loads(line)
+    finally:
+        if server:
+            server.stop()
+        if redis:
+            redis.stop()
+
+
+def test_preload_is_refused_loudly(tiny_model_dir):
+    """With --preload the app (and its loading thread) is created in the master and the
+    workers are forks without the engine's threads: they must say so, not hang."""
+    env = {"M2FP_MODEL_DIR": str(tiny_model_dir)}
+    server = Gunicorn(env, extra_args=["--preload"], wait_ready=False)
+    try:
+        deadline = time.monotonic() + 60
+        while "Booting worker" not in server.logs() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        r = requests.get(server.url + "/readyz", timeout=10)
+        assert r.status_code == 503
+        assert r.json()["error"]["code"] == "not_ready"
+        r = requests.post(
+            server.url + PARSE, data=images.png(), timeout=10, headers={"Content-Type": "image/png"}
+        )
+        assert r.status_code == 503
+        deadline = time.monotonic() + 10
+        while "without --preload" not in server.logs() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert "without --preload" in server.logs()
+    finally:
+        server.stop()

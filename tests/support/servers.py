@@ -1,0 +1,241 @@
+"""Real servers for the socket-level tests: gunicorn running `app:create_app()` and
+redis-server, each on 127.0.0.1 and a port chosen at run time, always stopped afterwards."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import psutil
+import requests
+
+from tests.support.paths import REPO
+
+GUNICORN = [sys.executable, "-m", "gunicorn"]
+_LISTENING = re.compile(r"Listening at: http://127\.0\.0\.1:(\d+)")
+
+
+def gunicorn_command(
+    *, workers: int = 1, wrapper: Sequence[str] = (), extra_args: Sequence[str] = ()
+) -> list[str]:
+    return [
+        *wrapper,
+        *GUNICORN,
+        "-c",
+        "gunicorn.conf.py",
+        "-b",
+        "127.0.0.1:0",
+        "-w",
+        str(workers),
+        "--threads",
+        "4",
+        *extra_args,
+        "app:create_app()",
+    ]
+
+
+def gunicorn_env(env: dict[str, str]) -> dict[str, str]:
+    """This process's environment without its M2FP_* variables, plus `env`."""
+    full_env = {k: v for k, v in os.environ.items() if not k.startswith("M2FP_")}
+    full_env.update(env)
+    full_env.setdefault("OMP_NUM_THREADS", "1")
+    return full_env
+
+
+def run_gunicorn(env: dict[str, str], *, timeout: float = 60.0) -> tuple[int, str, str]:
+    """Run gunicorn as `Gunicorn` starts it, to its exit (a start that must fail):
+    (exit status, stdout, stderr). One still running after `timeout` is killed, with its
+    workers, and reported as a failure of the test."""
+    process = subprocess.Popen(
+        gunicorn_command(),
+        cwd=REPO,
+        env=gunicorn_env(env),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        out, err = process.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        out, err = process.communicate()
+        raise AssertionError(f"gunicorn still running after {timeout} s:\n{out}{err}") from None
+    return process.returncode, out, err
+
+
+class Gunicorn:
+    """`gunicorn -c gunicorn.conf.py -b 127.0.0.1:0 'app:create_app()'`, optionally wrapped
+    (bubblewrap). The port is the one gunicorn reports; stdout and stderr are kept."""
+
+    def __init__(
+        self,
+        env: dict[str, str],
+        *,
+        workers: int = 1,
+        wrapper: Sequence[str] = (),
+        extra_args: Sequence[str] = (),
+        wait_ready: bool = True,
+        ready_timeout: float = 120.0,
+    ) -> None:
+        self.process = subprocess.Popen(
+            gunicorn_command(workers=workers, wrapper=wrapper, extra_args=extra_args),
+            cwd=REPO,
+            env=gunicorn_env(env),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            start_new_session=True,
+        )
+        self.stdout: list[str] = []
+        self.stderr: list[str] = []
+        self._port_found = threading.Event()
+        self.port = 0
+        self._readers = [
+            threading.Thread(
+                target=self._read, args=(self.process.stdout, self.stdout), daemon=True
+            ),
+            threading.Thread(
+                target=self._read, args=(self.process.stderr, self.stderr), daemon=True
+            ),
+        ]
+        for reader in self._readers:
+            reader.start()
+        try:
+            if wait_ready:
+                self._wait_ready(workers, ready_timeout)
+            else:
+                self._wait_port(ready_timeout)
+        except BaseException:
+            self.stop()
+            raise
+
+    def _read(self, stream, lines: list[str]) -> None:  # noqa: ANN001
+        for raw in iter(stream.readline, b""):
+            line = raw.decode("utf-8", "replace")
+            lines.append(line)
+            match = _LISTENING.search(line)
+            if match:
+                self.port = int(match.group(1))
+                self._port_found.set()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def _wait_port(self, timeout: float) -> None:
+        """Until gunicorn says where it listens; a gunicorn that exits first fails at once."""
+        deadline = time.monotonic() + timeout
+        while not self._port_found.wait(0.2):
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                for reader in self._readers:
+                    reader.join(5)  # the exit's last lines
+                raise RuntimeError("gunicorn did not start:\n" + self.logs())
+
+    def _wait_ready(self, workers: int, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        self._wait_port(timeout)
+        ready = 0
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError("gunicorn exited:\n" + self.logs())
+            # Each worker loads its own model: wait until all of them said so.
+            ready = sum("model ready" in line for line in self.stderr)
+            if ready >= workers:
+                response = requests.get(self.url + "/readyz", timeout=5)
+                if response.status_code == 200:
+                    return
+            time.sleep(0.2)
+        raise RuntimeError(f"gunicorn not ready ({ready}/{workers} workers):\n" + self.logs())
+
+    def logs(self) -> str:
+        return "".join(self.stdout) + "".join(self.stderr)
+
+    def processes(self) -> list[psutil.Process]:
+        """The launched process and all its descendants (wrapper, master, workers)."""
+        root = psutil.Process(self.process.pid)
+        return [root, *root.children(recursive=True)]
+
+    def workers(self) -> list[psutil.Process]:
+        """gunicorn's workers: the processes that have no children of their own."""
+        return [p for p in self.processes() if not p.children() and p.pid != self.process.pid]
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGTERM)
+            try:
+                self.process.wait(30)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait(10)
+        for reader in self._readers:
+            reader.join(5)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class RedisServer:
+    """redis-server on 127.0.0.1 and a free port, persistence off, working dir `directory`."""
+
+    def __init__(self, directory: Path, attempts: int = 5) -> None:
+        for _ in range(attempts):
+            self.port = free_port()
+            self.process = subprocess.Popen(
+                [
+                    "redis-server",
+                    "--bind",
+                    "127.0.0.1",
+                    "--port",
+                    str(self.port),
+                    "--save",
+                    "",
+                    "--appendonly",
+                    "no",
+                    "--dir",
+                    str(directory),
+                ],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+            if self._ready():
+                return
+            self.stop()  # the port was taken meanwhile: try another
+        raise RuntimeError("redis-server did not start")
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def _ready(self, timeout: float = 10.0) -> bool:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                return False
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=1) as sock:
+                    sock.sendall(b"PING\r\n")
+                    if sock.recv(16).startswith(b"+PONG"):
+                        return True
+            except OSError:
+                time.sleep(0.05)
+        return False
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(10)

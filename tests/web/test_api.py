@@ -1,0 +1,420 @@
+"""POST /api/v1/parse through the Flask test client: input forms, options, negotiation,
+result shapes and the 4xx answers of the contract."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+
+import numpy as np
+import pytest
+
+from m2fp.labels import CLASS_NAMES
+from tests.support import images
+
+PARSE = "/api/v1/parse"
+ERROR_CODES = {
+    400: "bad_request",
+    413: "payload_too_large",
+    415: "unsupported_media_type",
+    422: "unprocessable_image",
+}
+
+
+def multipart(data: bytes, name: str = "photo.png", field: str = "image", mime: str = "image/png"):
+    return {"data": {field: (io.BytesIO(data), name, mime)}, "content_type": "multipart/form-data"}
+
+
+def assert_error(response, status: int, code: str | None = None) -> dict:
+    assert response.status_code == status, response.get_data(as_text=True)
+    assert response.mimetype == "application/json"
+    body = response.get_json()
+    assert set(body) == {"error"}
+    assert set(body["error"]) == {"code", "message", "request_id"}
+    assert body["error"]["code"] == (code or ERROR_CODES[status])
+    assert body["error"]["request_id"] == response.headers["X-Request-ID"]
+    assert body["error"]["message"]
+    return body["error"]
+
+
+@pytest.mark.parametrize("field", ["image", "file", "image_file"])
+def test_multipart_fields(client, field):
+    r = client.post(PARSE + "?output=json", **multipart(images.png(), field=field))
+    assert r.status_code == 200, r.get_data(as_text=True)
+    assert r.get_json()["image"] == {"width": 128, "height": 96}
+
+
+@pytest.mark.parametrize(
+    ("data", "mime"),
+    [
+        (images.png(), "image/png"),
+        (images.jpeg(), "image/jpeg"),
+        (images.webp(), "image/webp"),
+        (images.png(), "application/octet-stream"),
+    ],
+)
+def test_raw_body(client, data, mime):
+    r = client.post(PARSE, data=data, content_type=mime, headers={"Accept": "application/json"})
+    assert r.status_code == 200, r.get_data(as_text=True)
+    assert r.mimetype == "application/json"
+    assert r.get_json()["image"] == {"width": 128, "height": 96}
+
+
+@pytest.mark.parametrize(
+    "encode",
+    [
+        lambda b: base64.b64encode(b).decode(),
+        lambda b: "data:image/png;base64," + base64.b64encode(b).decode(),
+        lambda b: base64.urlsafe_b64encode(b).decode().rstrip("="),
+        lambda b: base64.encodebytes(b).decode(),  # wrapped at 76 columns
+    ],
+    ids=["base64", "data-url", "urlsafe-unpadded", "line-wrapped"],
+)
+def test_json_body(client, encode):
+    r = client.post(PARSE, json={"image": encode(images.png())})
+    assert r.status_code == 200, r.get_data(as_text=True)
+    assert r.get_json()["image"]["width"] == 128
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "fragment"),
+    [
+        ({"data": b"{not json", "content_type": "application/json"}, "JSON"),
+        ({"json": {"picture": "abc"}}, "image"),
+        ({"json": ["image"]}, "image"),
+        ({"json": {"image": 42}}, "image"),
+        ({"json": {"image": "%%%not-base64%%%"}}, "base64"),
+        ({"json": {"image": "data:image/png,rawdata"}}, "base64"),
+        ({"json": {"image": "é" * 8}}, "base64"),
+        ({"data": b"", "content_type": "image/png"}, "empty"),
+        ({"data": images.png()}, "Content-Type"),
+        ({"data": {"other": "x"}, "content_type": "multipart/form-data"}, "image"),
+    ],
+    ids=[
+        "bad-json",
+        "no-image-key",
+        "not-object",
+        "not-string",
+        "bad-base64",
+        "data-url-not-base64",
+        "non-ascii",
+        "empty-body",
+        "no-content-type",
+        "multipart-without-file",
+    ],
+)
+def test_malformed_requests_are_400(client, kwargs, fragment):
+    error = assert_error(client.post(PARSE, **kwargs), 400)
+    assert fragment.lower() in error["message"].lower()
+
+
+def test_two_images_are_400(client):
+    data = {
+        "image": (io.BytesIO(images.png()), "a.png"),
+        "file": (io.BytesIO(images.png()), "b.png"),
+    }
+    assert_error(client.post(PARSE, data=data, content_type="multipart/form-data"), 400)
+    same = {"image": [(io.BytesIO(images.png()), "a.png"), (io.BytesIO(images.png()), "b.png")]}
+    assert_error(client.post(PARSE, data=same, content_type="multipart/form-data"), 400)
+
+
+@pytest.mark.parametrize("mime", ["text/plain", "application/x-www-form-urlencoded", "text/html"])
+def test_unsupported_request_types_are_415(client, mime):
+    error = assert_error(client.post(PARSE, data=images.png(), content_type=mime), 415)
+    assert "multipart" in error["message"]
+
+
+@pytest.mark.parametrize(
+    ("data", "name", "mime"),
+    [
+        (images.TEXT, "photo.png", "image/png"),
+        (images.HTML, "photo.jpg", "image/jpeg"),
+        (images.SVG, "drawing.svg", "image/svg+xml"),
+        (images.SVG, "photo.png", "image/png"),
+        (images.gif(), "anim.gif", "image/gif"),
+        (images.png(), "photo.jpg", "image/jpeg"),  # the bytes are not what the name says
+        (images.jpeg(), "photo.png", "image/png"),
+    ],
+    ids=["text-as-png", "html-as-jpg", "svg", "svg-as-png", "gif", "png-named-jpg", "jpeg-as-png"],
+)
+def test_not_an_allowed_image_is_415(client, data, name, mime):
+    assert_error(client.post(PARSE, **multipart(data, name=name, mime=mime)), 415)
+
+
+def test_declared_type_must_match_raw_and_data_url(client):
+    assert_error(client.post(PARSE, data=images.png(), content_type="image/jpeg"), 415)
+    url = "data:image/webp;base64," + base64.b64encode(images.png()).decode()
+    assert_error(client.post(PARSE, json={"image": url}), 415)
+
+
+def test_truncated_jpeg_is_422(client):
+    assert_error(client.post(PARSE, data=images.truncated_jpeg(), content_type="image/jpeg"), 422)
+
+
+def test_byte_cap_is_413_for_every_form(make_app):
+    app = make_app(max_upload_mb=0.05, rate_limit="1000 per minute")  # 52,428 bytes
+    client = app.test_client()
+    big = images.padded_png(60_000)
+    assert_error(client.post(PARSE, data=big, content_type="image/png"), 413)
+    assert_error(client.post(PARSE, **multipart(big)), 413)
+    assert_error(client.post(PARSE, json={"image": base64.b64encode(big).decode()}), 413)
+    # Far beyond the multipart allowance: werkzeug stops at MAX_CONTENT_LENGTH.
+    assert_error(client.post(PARSE, **multipart(images.padded_png(200_000))), 413)
+    fits = images.padded_png(50_000)
+    assert client.post(PARSE, data=fits, content_type="image/png").status_code == 200
+    assert client.post(PARSE, json={"image": base64.b64encode(fits).decode()}).status_code == 200
+
+
+def chunked(client, data: bytes, content_type: str):
+    """A body without Content-Length, as gunicorn presents a chunked request."""
+    return client.post(
+        PARSE,
+        input_stream=io.BytesIO(data),
+        content_type=content_type,
+        headers={"Transfer-Encoding": "chunked"},  # werkzeug then ignores the Content-Length
+        environ_overrides={"wsgi.input_terminated": True},
+    )
+
+
+def test_byte_cap_is_413_for_chunked_bodies_too(make_app):
+    """Werkzeug stops reading a chunked body at the limit without saying so: the cut image
+    must not turn into a 422 (and a ban strike) but a 413."""
+    app = make_app(max_upload_mb=0.05, rate_limit="1000 per minute", ban_after=1)
+    client = app.test_client()
+    cap = app.extensions["m2fp_settings"].max_upload_bytes
+    fits, over = images.padded_png(cap), images.padded_png(cap + 1)
+    assert chunked(client, fits, "image/png").status_code == 200
+    assert_error(chunked(client, over, "image/png"), 413)
+    body = json.dumps({"image": base64.b64encode(images.padded_png(cap + 4000)).decode()})
+    assert_error(chunked(client, body.encode() + b" " * 70_000, "application/json"), 413)
+    boundary = "b0undary"
+    form = (
+        (
+            f'--{boundary}\r\nContent-Disposition: form-data; name="image"; filename="a.png"\r\n'
+            f"Content-Type: image/png\r\n\r\n"
+        ).encode()
+        + images.padded_png(cap + 70_000)
+        + f"\r\n--{boundary}--\r\n".encode()
+    )
+    assert_error(chunked(client, form, f"multipart/form-data; boundary={boundary}"), 413)
+    # None of these counted as an invalid upload (ban_after=1 would have banned).
+    assert chunked(client, fits, "image/png").status_code == 200
+
+
+def test_pixel_cap_is_413(client):
+    error = assert_error(client.post(PARSE, data=images.bomb_png(), content_type="image/png"), 413)
+    assert error["code"] == "payload_too_large"
+
+
+def test_working_copy_is_downscaled_to_max_side(make_app):
+    app = make_app(max_side=64)
+    r = app.test_client().post(
+        PARSE + "?output=json", data=images.png(128, 96), content_type="image/png"
+    )
+    assert r.get_json()["image"] == {"width": 64, "height": 48}
+
+
+# --- options and negotiation ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("accept", "mimetype"),
+    [
+        (None, "application/json"),
+        ("*/*", "application/json"),
+        ("application/json", "application/json"),
+        ("image/png", "image/png"),
+        ("image/png, application/json", "image/png"),
+        ("application/json, image/png", "application/json"),
+        ("application/json;q=0.5, image/png", "image/png"),
+        ("image/webp", "image/webp"),
+        ("image/*", "image/png"),
+        ("image/png;q=0, application/json", "application/json"),
+        ("text/html", "application/json"),
+    ],
+)
+def test_accept_negotiation(client, accept, mimetype):
+    headers = {"Accept": accept} if accept else {}
+    r = client.post(PARSE, data=images.png(), content_type="image/png", headers=headers)
+    assert r.status_code == 200
+    assert r.mimetype == mimetype
+    assert "Accept" in r.headers["Vary"]
+
+
+def test_explicit_output_wins_over_accept(client):
+    r = client.post(
+        PARSE + "?output=json",
+        data=images.png(),
+        content_type="image/png",
+        headers={"Accept": "image/png"},
+    )
+    assert r.mimetype == "application/json"
+    r = client.post(
+        PARSE + "?output=overlay&format=webp",
+        data=images.png(),
+        content_type="image/png",
+        headers={"Accept": "application/json"},
+    )
+    assert r.mimetype == "image/webp"
+
+
+@pytest.mark.parametrize("fmt", ["png", "webp"])
+def test_overlay_image(client, fmt):
+    r = client.post(
+        f"{PARSE}?output=overlay&format={fmt}",
+        data=images.jpeg(160, 120),
+        content_type="image/jpeg",
+    )
+    assert r.status_code == 200
+    assert r.mimetype == f"image/{fmt}"
+    image = images.decode(r.data)
+    assert image.format == fmt.upper()
+    assert image.size == (160, 120)
+    assert (r.headers["X-Image-Width"], r.headers["X-Image-Height"]) == ("160", "120")
+    assert int(r.headers["X-Persons"]) >= 0
+    assert not image.info.get("exif")
+
+
+def test_overlay_alpha_zero_is_the_photo(client):
+    photo = images.pixels(128, 96)
+    r = client.post(
+        PARSE + "?output=overlay&alpha=0",
+        data=images.encode(photo, "PNG"),
+        content_type="image/png",
+    )
+    overlay = np.asarray(images.decode(r.data).convert("RGB"))
+    assert np.abs(overlay.astype(int) - photo.astype(int)).max() <= 1
+
+
+def test_cutout_is_opaque_exactly_on_the_classes(client):
+    body = client.post(
+        PARSE + "?output=json", data=images.png(), content_type="image/png"
+    ).get_json()
+    label_map = np.asarray(images.decode(base64.b64decode(body["label_map"]["data"])))
+    present = [c["id"] for c in body["classes"] if c["id"] != 0]
+    assert present, "the tiny model should find some parts"
+    chosen = present[:2]
+    query = ",".join(map(str, chosen))
+    r = client.post(
+        f"{PARSE}?output=cutout&classes={query}", data=images.png(), content_type="image/png"
+    )
+    assert r.status_code == 200 and r.mimetype == "image/png"
+    cutout = np.asarray(images.decode(r.data))
+    assert cutout.shape == (96, 128, 4)
+    np.testing.assert_array_equal(cutout[..., 3] > 0, np.isin(label_map, chosen))
+    # Without classes: every part of every person, the background transparent.
+    r = client.post(f"{PARSE}?output=cutout", data=images.png(), content_type="image/png")
+    alpha = np.asarray(images.decode(r.data))[..., 3]
+    np.testing.assert_array_equal(alpha > 0, label_map > 0)
+
+
+@pytest.mark.parametrize(
+    "query",
+    [
+        "output=xml",
+        "format=jpeg",
+        "alpha=2",
+        "alpha=-0.1",
+        "alpha=nan",
+        "alpha=half",
+        "instances=maybe",
+        "mask_format=svg",
+        "include_overlay=perhaps",
+        "classes=20",
+        "classes=a",
+        "classes=",
+        "classes=1,,2",
+        "classes=%C2%B2",
+        "ouput=json",
+        "output=json&output=overlay",
+    ],
+)
+def test_invalid_options_are_400_naming_the_parameter(client, query):
+    r = client.post(f"{PARSE}?{query}", data=images.png(), content_type="image/png")
+    error = assert_error(r, 400)
+    name = query.split("=")[0]
+    assert name in error["message"]
+
+
+def test_options_are_checked_before_the_body_is_read(client):
+    # A bad option with a bad body: the option error comes first, nothing is decoded.
+    r = client.post(f"{PARSE}?alpha=9", data=images.TEXT, content_type="image/png")
+    assert_error(r, 400)
+
+
+# --- the JSON result -------------------------------------------------------------------------
+
+
+def test_json_result_shape(client):
+    r = client.post(PARSE + "?output=json", data=images.png(), content_type="image/png")
+    body = r.get_json()
+    assert list(body)[:2] == ["request_id", "image"]
+    assert set(body) == {"request_id", "image", "classes", "persons", "label_map", "timing_ms"}
+    assert body["request_id"] == r.headers["X-Request-ID"]
+    assert set(body["timing_ms"]) == {"decode", "queue", "inference", "render", "total"}
+    assert all(v >= 0 for v in body["timing_ms"].values())
+    assert body["timing_ms"]["total"] >= body["timing_ms"]["inference"]
+    assert body["timing_ms"]["inference"] >= body["timing_ms"]["queue"]
+    for stat in body["classes"]:
+        assert set(stat) == {"id", "name", "color", "pixels", "fraction"}
+        assert stat["name"] == CLASS_NAMES[stat["id"]]
+    assert abs(sum(c["fraction"] for c in body["classes"]) - 1.0) < 1e-6
+    label_map = images.decode(base64.b64decode(body["label_map"]["data"]))
+    assert body["label_map"]["format"] == "png"
+    assert label_map.size == (128, 96)
+    assert body["persons"], "the tiny model finds persons"
+    for person in body["persons"]:
+        assert {"id", "score", "bbox", "parts", "mask"} <= set(person)
+        assert person["mask"]["format"] == "rle"
+        assert len(person["bbox"]) == 4
+    assert int(r.headers["X-Persons"]) == len(body["persons"])
+    assert r.headers["Cache-Control"] == "no-store"
+
+
+def test_json_masks_png_overlay_and_no_instances(client):
+    q = "?output=json&mask_format=png&include_overlay=true&alpha=0.3"
+    body = client.post(PARSE + q, data=images.png(), content_type="image/png").get_json()
+    mask = images.decode(base64.b64decode(body["persons"][0]["mask"]["data"]))
+    assert mask.size == (128, 96)
+    overlay = images.decode(base64.b64decode(body["overlay"]["data"]))
+    assert overlay.size == (128, 96)
+    body = client.post(
+        PARSE + "?output=json&instances=false", data=images.png(), content_type="image/png"
+    ).get_json()
+    assert body["persons"] and all("mask" not in p for p in body["persons"])
+    assert "overlay" not in body
+
+
+def test_classes_legend(client):
+    r = client.get("/api/v1/classes")
+    assert r.status_code == 200
+    classes = r.get_json()["classes"]
+    assert [c["id"] for c in classes] == list(range(20))
+    assert [c["name"] for c in classes] == list(CLASS_NAMES)
+    assert all(len(c["color"]) == 7 and c["color"].startswith("#") for c in classes)
+
+
+def test_json_errors_under_api_and_elsewhere(client):
+    assert_error(client.get("/api/v1/nothing"), 404, "not_found")
+    assert_error(client.get("/nothing"), 404, "not_found")
+    r = client.get(PARSE)
+    assert_error(r, 405, "method_not_allowed")
+    assert "POST" in r.headers["Allow"]
+    assert_error(client.post("/api/v1/classes"), 405, "method_not_allowed")
+
+
+def test_responses_never_reveal_internals(client):
+    bodies = [
+        client.post(PARSE, data=images.TEXT, content_type="image/png").get_data(as_text=True),
+        client.get("/readyz").get_data(as_text=True),
+        client.get("/api/v1/openapi.json").get_data(as_text=True),
+    ]
+    for text in bodies:
+        for secret in ("Traceback", "/work/", "pytorch_model", "torch", "gunicorn"):
+            assert secret not in text
+
+
+def test_json_bodies_are_valid_json(client):
+    r = client.post(PARSE + "?output=json", data=images.webp(), content_type="image/webp")
+    json.loads(r.get_data(as_text=True))

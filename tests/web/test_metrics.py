@@ -1,0 +1,97 @@
+"""/metrics: access control and what the counters say after real requests."""
+
+from __future__ import annotations
+
+import time
+
+from prometheus_client.parser import text_string_to_metric_families
+
+from tests.support import images
+
+PARSE = "/api/v1/parse"
+
+
+def samples(client) -> dict[tuple[str, tuple], float]:
+    r = client.get("/metrics")
+    assert r.status_code == 200
+    out = {}
+    for family in text_string_to_metric_families(r.get_data(as_text=True)):
+        for s in family.samples:
+            out[(s.name, tuple(sorted(s.labels.items())))] = s.value
+    return out
+
+
+def value(data, name, **labels) -> float:
+    return data.get((name, tuple(sorted(labels.items()))), 0.0)
+
+
+def test_metrics_only_from_allowed_networks(make_app):
+    app = make_app(metrics_allow=("10.0.0.0/8",))
+    client = app.test_client()
+    r = client.get("/metrics", environ_base={"REMOTE_ADDR": "127.0.0.1"})
+    assert r.status_code == 403
+    assert r.get_json()["error"]["code"] == "forbidden"
+    r = client.get("/metrics", environ_base={"REMOTE_ADDR": "10.1.2.3"})
+    assert r.status_code == 200
+    assert r.mimetype == "text/plain"
+
+
+def test_default_allow_is_loopback_and_proxy_headers_count(make_app):
+    client = make_app().test_client()
+    assert client.get("/metrics").status_code == 200  # 127.0.0.1
+    assert client.get("/metrics", environ_base={"REMOTE_ADDR": "::1"}).status_code == 200
+    assert client.get("/metrics", environ_base={"REMOTE_ADDR": "192.0.2.1"}).status_code == 403
+    # Behind nginx the client's own address decides, not nginx's.
+    proxied = make_app(trusted_proxies=1).test_client()
+    r = proxied.get("/metrics", headers={"X-Forwarded-For": "192.0.2.1"})
+    assert r.status_code == 403
+    assert proxied.get("/metrics", headers={"X-Forwarded-For": "127.0.0.1"}).status_code == 200
+    # A forwarded request while no proxy is trusted: the origin is unknown, refused.
+    r = client.get("/metrics", headers={"X-Forwarded-For": "127.0.0.1"})
+    assert r.status_code == 403
+
+
+def test_counters_after_requests(app):
+    client = app.test_client()
+    for _ in range(3):
+        assert client.post(PARSE, data=images.png(), content_type="image/png").status_code == 200
+    assert client.post(PARSE, data=images.TEXT, content_type="image/png").status_code == 415
+    client.get("/nope/1")
+    client.get("/nope/2")
+    deadline = time.monotonic() + 5
+    # The engine reports a batch just after handing out its results: give the hook a moment.
+    while value(data := samples(client), "m2fp_batch_size_sum") < 3 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert (
+        value(data, "m2fp_http_requests_total", route="/api/v1/parse", method="POST", status="200")
+        == 3
+    )
+    assert (
+        value(data, "m2fp_http_requests_total", route="/api/v1/parse", method="POST", status="415")
+        == 1
+    )
+    # Unknown paths share one label: no label per path a client makes up.
+    assert (
+        value(data, "m2fp_http_requests_total", route="<unmatched>", method="GET", status="404")
+        == 2
+    )
+    assert value(data, "m2fp_rejections_total", reason="unsupported_media_type") == 1
+    assert value(data, "m2fp_rejections_total", reason="not_found") == 2
+    assert value(data, "m2fp_stage_duration_seconds_count", stage="decode") == 4
+    assert value(data, "m2fp_stage_duration_seconds_count", stage="render") == 3
+    for stage in ("resize", "queue", "inference"):
+        assert value(data, "m2fp_stage_duration_seconds_count", stage=stage) == 3
+    # each image waited for the batch thread and ran in a batch that took real time
+    assert value(data, "m2fp_stage_duration_seconds_sum", stage="inference") > 0
+    assert value(data, "m2fp_batch_duration_seconds_count") >= 1
+    assert value(data, "m2fp_batch_size_count") >= 1
+    assert value(data, "m2fp_batch_size_sum") == 3  # every image went through a batch
+    assert value(data, "m2fp_http_request_duration_seconds_count", route="/api/v1/parse") == 4
+    again = samples(client)  # the scrape itself is counted once it is answered
+    assert (
+        value(again, "m2fp_http_requests_total", route="/metrics", method="GET", status="200") >= 1
+    )
+    assert value(data, "m2fp_model_ready") == 1
+    assert ("m2fp_queue_depth", ()) in data
+    assert 0 < value(data, "m2fp_memory_usage_ratio") < 1
+    assert value(data, "process_resident_memory_bytes") > 10e6
