@@ -7,6 +7,7 @@ the edge really have."""
 from __future__ import annotations
 
 import ast
+import copy
 import dataclasses
 import json
 import re
@@ -129,7 +130,8 @@ def test_every_manifest_validates_against_the_pinned_kubernetes_schemas(rendered
 
 def test_strict_validation_catches_a_misspelt_field(rendered):
     _, _, docs = rendered
-    deployment = one(docs, "Deployment", "m2fp-app")
+    deployment = copy.deepcopy(one(docs, "Deployment", "m2fp-app"))
+    kubernetes_validate.validate(deployment, KUBERNETES_VERSION, strict=True)
     deployment["spec"]["template"]["spec"]["containers"][0]["securityContext"]["readOnlyRoot"] = 1
     with pytest.raises(kubernetes_validate.ValidationError):
         kubernetes_validate.validate(deployment, KUBERNETES_VERSION, strict=True)
