@@ -87,8 +87,8 @@ def optimize_for_inference(
 class OneDNNLinear(nn.Linear):
     """nn.Linear computed by oneDNN (`torch.ops.mkldnn._linear_pointwise`), optionally with
     the ReLU that follows it fused in. On the deformable encoder's (11340, 256..1024) inputs it
-    is 10-55 % faster than the default MKL addmm on this Zen 4 CPU; same weights, results
-    equal to float rounding. CPU and float32 only (autocast does not know the op).
+    is faster than the default MKL addmm (docs/performance.md); same weights, results equal to
+    float rounding. CPU and float32 only (autocast does not know the op).
 
     With `relu=True` the output is already rectified; the encoder's own ReLU after it then
     changes nothing (ReLU is idempotent) and costs one cheap in-place pass."""
@@ -124,11 +124,10 @@ def _use_onednn_linears(module: nn.Module) -> None:
 class GroupNormChannelsLast(nn.GroupNorm):
     """GroupNorm that keeps a channels-last input channels-last, with accurate statistics.
 
-    torch's own channels-last GroupNorm kernel is fast but inaccurate: 2.8e-4 off a float64
-    reference on a (1, 256, 160, 216) map with mean 0.3 and std 0.05, and on ModelScope's tiny
-    reference it moved the logits by 7e-5. The NCHW kernel is accurate (1.4e-6) but needs two
-    35 MB layout copies per map at stride 4. Here each group's mean and variance come from
-    `torch.var_mean` (1.4e-6) and the normalisation is one fused pass in the NHWC layout."""
+    torch's own channels-last GroupNorm kernel is fast but inaccurate (docs/performance.md);
+    the NCHW kernel is accurate but needs two full layout copies per map at stride 4. Here each
+    group's mean and variance come from `torch.var_mean` (as accurate as the NCHW kernel) and
+    the normalisation is one fused pass in the NHWC layout."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dim() != 4 or not x.is_contiguous(memory_format=torch.channels_last):

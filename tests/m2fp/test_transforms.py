@@ -16,7 +16,7 @@ from tests.support.paths import TINY_REFERENCE
 @pytest.mark.parametrize(
     ("hw", "expected"),
     [
-        ((97, 131), (640, 864)),  # reference notes §3
+        ((97, 131), (640, 864)),
         ((61, 83), (640, 871)),  # tiny reference pipeline cases
         ((128, 96), (853, 640)),
         ((640, 640), (640, 640)),
