@@ -4,6 +4,8 @@
 the engine's constructor call it, so a wrong value stops a start before anything is loaded.
 `resolve(device, precision)` runs the same check, then asks torch what this machine has; it is
 where CUDA is first touched, so the engine calls it in `start()`, in the process that serves.
+`check_pair` is the rule on combinations itself, which `optimize_for_inference` applies to the
+torch device and dtype it is given.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ if TYPE_CHECKING:
 DEVICE_CHOICES = "auto, cpu, cuda or cuda:N"
 PRECISIONS = ("auto", "fp32", "fp16", "bf16")
 _DEVICE = re.compile(r"auto|cpu|cuda(:\d+)?")
+_DTYPE_NAMES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
 
 
 class DeviceError(ValueError):
@@ -37,13 +40,31 @@ def check(device: str, precision: str) -> None:
         raise DeviceError(f"device must be {DEVICE_CHOICES}, not {device!r}")
     if precision not in PRECISIONS:
         raise DeviceError(f"precision must be one of {', '.join(PRECISIONS)}, not {precision!r}")
-    _check_pair(device, precision)
+    check_pair(device, precision)
 
 
-def _check_pair(device: str, precision: str) -> None:
-    # fp16 on the CPU is slow and several CPU kernels lack it; bf16 works there.
-    if device == "cpu" and precision == "fp16":
+def check_pair(device_type: str, precision: str) -> None:
+    """Refuse a combination that cannot run: fp16 on the CPU (slow, and several CPU kernels
+    lack it; bf16 works there). `device_type` is 'cpu', 'cuda' or 'auto' (not known yet).
+
+    Raises:
+        DeviceError: the one message for it.
+    """
+    if device_type == "cpu" and precision == "fp16":
         raise DeviceError("precision 'fp16' is not supported on the CPU: use fp32 or bf16")
+
+
+def precision_of(dtype: torch.dtype) -> str:
+    """'fp32', 'fp16' or 'bf16' for a torch dtype (no torch import needed).
+
+    Raises:
+        DeviceError: any other dtype.
+    """
+    name = str(dtype).removeprefix("torch.")
+    for precision, dtype_name in _DTYPE_NAMES.items():
+        if name == dtype_name:
+            return precision
+    raise DeviceError(f"dtype must be float32, float16 or bfloat16, got {dtype}")
 
 
 def resolve(device: str, precision: str) -> tuple[torch.device, torch.dtype]:
@@ -68,10 +89,9 @@ def resolve(device: str, precision: str) -> tuple[torch.device, torch.dtype]:
         count = torch.cuda.device_count()
         if resolved.index is not None and resolved.index >= count:
             raise RuntimeError(f"device {device!r} requested but only {count} GPU(s) are visible")
-    _check_pair(resolved.type, precision)
+    check_pair(resolved.type, precision)
     if precision == "auto":
         precision = "fp16" if resolved.type == "cuda" else "fp32"
     if precision == "bf16" and resolved.type == "cuda" and not torch.cuda.is_bf16_supported():
         raise DeviceError(f"precision 'bf16' is not supported by {resolved}: use fp16 or fp32")
-    dtypes = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
-    return resolved, dtypes[precision]
+    return resolved, getattr(torch, _DTYPE_NAMES[precision])

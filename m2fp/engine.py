@@ -64,6 +64,7 @@ class InferenceEngine:
             encrypted file decrypted into a BytesIO); closed after loading.
         device: 'auto' (CUDA when available), 'cpu', 'cuda' or 'cuda:N'.
         precision: 'auto' (fp16 on CUDA, fp32 on CPU), 'fp32', 'fp16' (CUDA only) or 'bf16'.
+            Both are checked here and resolved in `start()` by `m2fp.device`.
         batch_max: most images per forward; None: `default_batch_max` of the device (4 on
             CUDA, 1 on the CPU), resolved in `start()`.
         batch_wait_ms, queue_max: how long a lone image waits for company; most images
@@ -73,6 +74,9 @@ class InferenceEngine:
         parser_options: extra keyword arguments for `Parser` (e.g. short_edge, memory_budget).
         optimize: serve `prepare_model_for_inference`'s optimized copy (default) rather than
             the reference model.
+
+    Raises:
+        ValueError: malformed settings (`m2fp.device.DeviceError` for device and precision).
     """
 
     def __init__(

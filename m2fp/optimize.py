@@ -18,6 +18,7 @@ import copy
 import torch
 from torch import nn
 
+from m2fp import device as device_rules
 from m2fp.modeling.backbone import ConvNorm
 from m2fp.modeling.deform_attn import MSDeformAttn
 from m2fp.modeling.m2fp import M2FP
@@ -54,15 +55,13 @@ def optimize_for_inference(
 
     Raises:
         TypeError: `model` is not an M2FP.
-        ValueError: `dtype` is not float32/float16/bfloat16, or float16 on a CPU.
+        ValueError: `dtype` is not float32/float16/bfloat16, or float16 on a CPU
+            (`m2fp.device.DeviceError`).
     """
     if not isinstance(model, M2FP):
         raise TypeError(f"expected an M2FP model, got {type(model).__name__}")
     device = torch.device(device)
-    if dtype != torch.float32 and dtype not in _AUTOCAST_DTYPES:
-        raise ValueError(f"dtype must be float32, float16 or bfloat16, got {dtype}")
-    if dtype == torch.float16 and device.type == "cpu":
-        raise ValueError("float16 is for CUDA; on a CPU use float32 or bfloat16")
+    device_rules.check_pair(device.type, device_rules.precision_of(dtype))
     fast = copy.deepcopy(model).to(device=device, dtype=torch.float32).eval()
     fast.requires_grad_(False)
     fold_batchnorm_(fast)

@@ -8,7 +8,7 @@ import sys
 import pytest
 import torch
 
-from m2fp.device import DeviceError, check, resolve
+from m2fp.device import DeviceError, check, check_pair, precision_of, resolve
 from tests.support.paths import REPO
 
 
@@ -39,6 +39,31 @@ def test_malformed_or_impossible_values_are_refused(
         check(device, precision)
     with pytest.raises(DeviceError, match=match):
         resolve(device, precision)
+
+
+@pytest.mark.parametrize(
+    ("dtype", "precision"),
+    [(torch.float32, "fp32"), (torch.float16, "fp16"), (torch.bfloat16, "bf16")],
+)
+def test_precision_of_a_dtype_round_trips_through_resolve(
+    dtype: torch.dtype, precision: str
+) -> None:
+    assert precision_of(dtype) == precision
+    if precision != "fp16":
+        assert resolve("cpu", precision)[1] == dtype
+
+
+def test_precision_of_other_dtypes_is_refused() -> None:
+    with pytest.raises(DeviceError, match="dtype must be float32, float16 or bfloat16"):
+        precision_of(torch.float64)
+
+
+def test_the_pair_rule_knows_only_the_cpu_refusal() -> None:
+    for device_type in ("cuda", "auto"):
+        check_pair(device_type, "fp16")
+    check_pair("cpu", "bf16")
+    with pytest.raises(DeviceError, match="'fp16' is not supported on the CPU: use fp32 or bf16"):
+        check_pair("cpu", "fp16")
 
 
 def test_cpu_resolves_to_fp32_by_default_and_keeps_bf16() -> None:
