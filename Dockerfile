@@ -60,6 +60,8 @@ CMD ["gunicorn", "-c", "gunicorn.conf.py", "-b", "0.0.0.0:8000", "app:create_app
 FROM debian:bookworm-slim AS edge-files
 COPY nginx /opt/m2fp/nginx
 COPY settings.py /opt/m2fp/settings.py
+# settings.py checks M2FP_DEVICE/M2FP_PRECISION with m2fp/device.py (plain Python, no torch)
+COPY m2fp/__init__.py m2fp/device.py /opt/m2fp/m2fp/
 COPY . /tmp/context
 RUN mkdir -p /opt/m2fp/static \
     && if [ -d /tmp/context/static ]; then cp -R /tmp/context/static/. /opt/m2fp/static/; fi \

@@ -15,6 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from m2fp import device as device_rules
+
 PREFIX = "M2FP_"
 DEFAULT_MODEL_DIR = Path("models/cv_resnet101_image-multiple-human-parsing")
 
@@ -91,11 +93,10 @@ class Settings:
 
     def validate(self) -> None:
         _choice("M2FP_AUDIT_CLIENT", self.audit_client, ("full", "truncated", "hash"))
-        _choice("M2FP_PRECISION", self.precision, ("auto", "fp32", "fp16", "bf16"))
-        if not (self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:")):
-            raise SettingsError(
-                f"M2FP_DEVICE must be auto, cpu, cuda or cuda:N, not {self.device!r}"
-            )
+        try:
+            device_rules.check(self.device, self.precision)
+        except device_rules.DeviceError as exc:
+            raise SettingsError(f"M2FP_DEVICE, M2FP_PRECISION: {exc}") from None
         for name in ("batch_max", "queue_max", "max_pixels", "max_side", "ban_after"):
             value = getattr(self, name)
             if value is not None and value < 1:

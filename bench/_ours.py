@@ -34,6 +34,7 @@ from m2fp.build import load_model  # noqa: E402
 from m2fp.config import M2FPConfig  # noqa: E402
 from m2fp.modeling.m2fp import M2FP  # noqa: E402
 from m2fp.optimize import optimize_for_inference  # noqa: E402
+from m2fp.parser import Parser  # noqa: E402
 from tests.support.model_factory import seeded_model  # noqa: E402
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -152,10 +153,6 @@ class OursWorker:
         return stats
 
     def parse(self, req: dict[str, Any]) -> dict[str, Any]:
-        try:
-            from m2fp.parser import Parser
-        except ImportError:
-            return {"skipped": "m2fp.parser is not on this branch yet"}
         if self._parser is None:
             self._parser = Parser(self.model, device=self.device)
         image = photo_like(req["height"], req["width"], req.get("seed", 0))
@@ -176,7 +173,6 @@ class OursWorker:
         from PIL import Image
 
         from app import create_app
-        from m2fp.parser import Parser
 
         photo = photo_like(req["height"], req["width"], req.get("seed", 0))
         buf = io.BytesIO()

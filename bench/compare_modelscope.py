@@ -9,7 +9,7 @@ ModelScope's in .venv-modelscope (make it with `bash bench/setup_modelscope.sh`)
    --with-plain, our reference model); max |Δ| of the logits must be ≤ 1e-4; time ratio target
    ≤ 0.8 (goal 0.6); peak RSS target ≤ 1.5 GB.
 2. ModelScope's pipeline call vs our `Parser.parse` on a 1920x1280 photo-like image (target
-   ≤ 0.6), when m2fp.parser is on this branch; the instances are compared too.
+   ≤ 0.6); the instances are compared too.
 
     bash bench/setup_modelscope.sh                 # once
     .venv/bin/python bench/compare_modelscope.py [--repeats 5] [--with-plain]
@@ -145,10 +145,6 @@ def _forward(workers: dict[str, Worker], h: int, w: int, args, tmp: Path) -> dic
 
 def _pipeline(workers: dict[str, Worker], h: int, w: int, args, tmp: Path) -> dict[str, Any]:
     req = {"height": h, "width": w, "seed": args.seed}
-    probe = workers["ours-fast"].request(**req, op="parse", warmup=0, repeats=0)
-    if probe.get("skipped"):
-        print(f"\npipeline vs Parser.parse: skipped ({probe['skipped']})")
-        return {"skipped": probe["skipped"]}
     calls = {"modelscope": ("pipeline", workers["modelscope"]),
              "ours-fast": ("parse", workers["ours-fast"])}  # fmt: skip
     for op, worker in calls.values():

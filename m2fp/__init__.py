@@ -26,9 +26,9 @@ _EXPORTS = {
     "Person": "m2fp.parser",
     "PreparedImage": "m2fp.parser",
     "InferenceEngine": "m2fp.engine",
-    "MicroBatcher": "m2fp.engine",
-    "QueueFull": "m2fp.engine",
-    "EngineNotReady": "m2fp.engine",
+    "MicroBatcher": "m2fp.batching",
+    "QueueFull": "m2fp.batching",
+    "EngineNotReady": "m2fp.batching",
     "CLASS_NAMES": "m2fp.labels",
     "NUM_CLASSES": "m2fp.labels",
     "HUMAN_CLASS_ID": "m2fp.labels",
@@ -62,10 +62,11 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:
+    from m2fp.batching import EngineNotReady, MicroBatcher, QueueFull
     from m2fp.build import build_model, load_model, save_model_dir
     from m2fp.checkpoint import CheckpointError, ModelDirError
     from m2fp.config import M2FPConfig
-    from m2fp.engine import EngineNotReady, InferenceEngine, MicroBatcher, QueueFull
+    from m2fp.engine import InferenceEngine
     from m2fp.labels import (
         CLASS_NAMES,
         HUMAN_CLASS_ID,

@@ -18,6 +18,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from m2fp.device import DEVICE_CHOICES, PRECISIONS
+
 if TYPE_CHECKING:
     from m2fp.engine import InferenceEngine
 
@@ -100,11 +102,11 @@ def add_parse_command(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--device",
         default="auto",
-        help="auto (CUDA when available, else CPU), cpu, cuda or cuda:N (auto)",
+        help=f"{DEVICE_CHOICES}; auto: CUDA when available, else the CPU (auto)",
     )
     p.add_argument(
         "--precision",
-        choices=("auto", "fp32", "fp16", "bf16"),
+        choices=PRECISIONS,
         default="auto",
         help="auto: fp16 on CUDA, fp32 on the CPU; fp16 needs CUDA (auto)",
     )
@@ -173,8 +175,8 @@ def _start_engine(args: argparse.Namespace) -> InferenceEngine | int:
 
     start = time.perf_counter()
     try:
-        # The service's engine, used directly (predict, no queue): same device and precision
-        # rules as M2FP_DEVICE / M2FP_PRECISION.
+        # The service's engine, used directly (predict, no queue): device and precision are
+        # checked by m2fp.device, like M2FP_DEVICE / M2FP_PRECISION.
         engine = InferenceEngine(
             args.model_dir, device=args.device, precision=args.precision, warmup=False
         )

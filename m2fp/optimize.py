@@ -18,6 +18,7 @@ import copy
 import torch
 from torch import nn
 
+from m2fp import device as device_rules
 from m2fp.modeling.backbone import ConvNorm
 from m2fp.modeling.deform_attn import MSDeformAttn
 from m2fp.modeling.m2fp import M2FP
@@ -54,15 +55,13 @@ def optimize_for_inference(
 
     Raises:
         TypeError: `model` is not an M2FP.
-        ValueError: `dtype` is not float32/float16/bfloat16, or float16 on a CPU.
+        ValueError: `dtype` is not float32/float16/bfloat16, or float16 on a CPU
+            (`m2fp.device.DeviceError`).
     """
     if not isinstance(model, M2FP):
         raise TypeError(f"expected an M2FP model, got {type(model).__name__}")
     device = torch.device(device)
-    if dtype != torch.float32 and dtype not in _AUTOCAST_DTYPES:
-        raise ValueError(f"dtype must be float32, float16 or bfloat16, got {dtype}")
-    if dtype == torch.float16 and device.type == "cpu":
-        raise ValueError("float16 is for CUDA; on a CPU use float32 or bfloat16")
+    device_rules.check_pair(device.type, device_rules.precision_of(dtype))
     fast = copy.deepcopy(model).to(device=device, dtype=torch.float32).eval()
     fast.requires_grad_(False)
     fold_batchnorm_(fast)
@@ -87,8 +86,8 @@ def optimize_for_inference(
 class OneDNNLinear(nn.Linear):
     """nn.Linear computed by oneDNN (`torch.ops.mkldnn._linear_pointwise`), optionally with
     the ReLU that follows it fused in. On the deformable encoder's (11340, 256..1024) inputs it
-    is 10-55 % faster than the default MKL addmm on this Zen 4 CPU; same weights, results
-    equal to float rounding. CPU and float32 only (autocast does not know the op).
+    is faster than the default MKL addmm (docs/performance.md); same weights, results equal to
+    float rounding. CPU and float32 only (autocast does not know the op).
 
     With `relu=True` the output is already rectified; the encoder's own ReLU after it then
     changes nothing (ReLU is idempotent) and costs one cheap in-place pass."""
@@ -124,11 +123,10 @@ def _use_onednn_linears(module: nn.Module) -> None:
 class GroupNormChannelsLast(nn.GroupNorm):
     """GroupNorm that keeps a channels-last input channels-last, with accurate statistics.
 
-    torch's own channels-last GroupNorm kernel is fast but inaccurate: 2.8e-4 off a float64
-    reference on a (1, 256, 160, 216) map with mean 0.3 and std 0.05, and on ModelScope's tiny
-    reference it moved the logits by 7e-5. The NCHW kernel is accurate (1.4e-6) but needs two
-    35 MB layout copies per map at stride 4. Here each group's mean and variance come from
-    `torch.var_mean` (1.4e-6) and the normalisation is one fused pass in the NHWC layout."""
+    torch's own channels-last GroupNorm kernel is fast but inaccurate (docs/performance.md);
+    the NCHW kernel is accurate but needs two full layout copies per map at stride 4. Here each
+    group's mean and variance come from `torch.var_mean` (as accurate as the NCHW kernel) and
+    the normalisation is one fused pass in the NHWC layout."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dim() != 4 or not x.is_contiguous(memory_format=torch.channels_last):

@@ -4,11 +4,10 @@ class statistics.
 numpy, Pillow and `m2fp.png`, and everything stays in memory: the service calls these on every
 request and never writes an upload or anything derived from it to disk.
 
-Encoders, measured with `bench/render_encode.py` on a 1920x1080 overlay (2 CPU cores): PNGs go
-through `m2fp.png` (row filtering in numpy, ISA-L deflate), about 25 ms where Pillow takes
-0.15-0.38 s at zlib level 1 with the Z_RLE strategy and about 1 s at its default level 6, at
-about level 6's size. Lossless WebP at method 0 / quality (effort) 0 takes 0.12-0.17 s where
-Pillow's lossless default takes 1-3.8 s. 1-bit mask PNGs stay with Pillow (small images).
+Encoders: PNGs go through `m2fp.png` (row filtering in numpy, ISA-L deflate), several times
+faster than Pillow's zlib at level 1 for about the size of its default level; lossless WebP
+uses method 0 / quality (effort) 0, the fastest. 1-bit mask PNGs stay with Pillow (small
+images). docs/performance.md gives the figures (`bench/render_encode.py`).
 """
 
 from __future__ import annotations

@@ -1,15 +1,12 @@
 """The ModelScope pipeline's preprocessing, exactly: shortest-edge resize with Pillow's bilinear
-filter, then float32 CHW RGB in 0..255 (normalisation and padding happen inside the model).
-
-`resize_image` is the reference (Pillow itself, bit-exact on the CPU); `resize_tensor` is its
-torch twin for batches already on a GPU, within one intensity level of Pillow.
+filter (bit-exact with the pipeline). The pipeline then feeds float32 CHW RGB in 0..255
+(`ToTensor() * 255`, which gives back the uint8 values exactly); `Parser` batches the resized
+pixels as such, and normalisation and padding happen inside the model.
 """
 
 from __future__ import annotations
 
 import numpy as np
-import torch
-import torch.nn.functional as F
 from PIL import Image
 
 SHORT_EDGE = 640
@@ -72,44 +69,3 @@ def resize_image(image: np.ndarray, size_hw: tuple[int, int]) -> np.ndarray:
         return image
     resized = Image.fromarray(image).resize((w, h), Image.Resampling.BILINEAR)
     return np.array(resized)  # a writable array of its own
-
-
-def to_tensor(image: np.ndarray) -> torch.Tensor:
-    """(H, W, 3) uint8 → float32 (3, H, W) in 0..255, the model's input for one image.
-
-    Equal to the pipeline's `ToTensor()(img) * 255.`: (v / 255) * 255 is exactly v in float32
-    for every uint8 v.
-    """
-    return torch.from_numpy(check_image(image)).permute(2, 0, 1).float()
-
-
-def preprocess(
-    image: np.ndarray, *, short_edge: int = SHORT_EDGE, max_size: int = MAX_SIZE
-) -> torch.Tensor:
-    """The whole pipeline preprocessing of one image: float32 (3, new_h, new_w) in 0..255."""
-    image = check_image(image)
-    size = preprocess_shape(*image.shape[:2], short_edge=short_edge, max_size=max_size)
-    return to_tensor(resize_image(image, size))
-
-
-def resize_tensor(images: torch.Tensor, size_hw: tuple[int, int]) -> torch.Tensor:
-    """Torch twin of `resize_image` for a batch on any device.
-
-    Args:
-        images: (B, 3, H, W) uint8 or float in 0..255.
-        size_hw: the output size (new_h, new_w).
-
-    Returns:
-        float32 (B, 3, new_h, new_w) holding integers in 0..255 (rounded like Pillow's uint8
-        output). Pillow rounds to uint8 between its horizontal and vertical passes and uses
-        fixed-point weights; this computes in float, so values differ from Pillow's by at most
-        one intensity level.
-    """
-    if images.dim() != 4 or images.shape[1] != 3:
-        raise ValueError(f"expected (B, 3, H, W) images, got {tuple(images.shape)}")
-    x = images.float()
-    if tuple(x.shape[-2:]) == tuple(size_hw):
-        return x.round()
-    # antialias=True is Pillow's separable triangle filter, widened by the scale when reducing.
-    x = F.interpolate(x, size=size_hw, mode="bilinear", align_corners=False, antialias=True)
-    return x.round_().clamp_(0.0, 255.0)

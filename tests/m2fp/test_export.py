@@ -1,4 +1,4 @@
-"""`m2fp.export.result_to_json`: the field names of design.md, plain JSON, masks that decode."""
+"""`m2fp.export.result_to_json`: the field names of docs/api.md, plain JSON, masks that decode."""
 
 from __future__ import annotations
 

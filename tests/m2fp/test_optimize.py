@@ -190,7 +190,7 @@ def test_bad_arguments() -> None:
     model = make_tiny_model(0)
     with pytest.raises(TypeError, match="M2FP"):
         optimize_for_inference(nn.Linear(2, 2))  # type: ignore[arg-type]
-    with pytest.raises(ValueError, match="float16 is for CUDA"):
+    with pytest.raises(ValueError, match="'fp16' is not supported on the CPU"):
         optimize_for_inference(model, dtype=torch.float16)
     with pytest.raises(ValueError, match="dtype must be"):
         optimize_for_inference(model, dtype=torch.float64)

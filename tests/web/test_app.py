@@ -27,6 +27,8 @@ from web.context import FORM_OVERHEAD, InMemoryRequest, json_body_allowance
         ({"api_keys_file": Path("/nonexistent/keys")}, "M2FP_API_KEYS_FILE"),
         ({"ratelimit_storage": "nosuch://x"}, "M2FP_RATELIMIT_STORAGE"),
         ({"audit_client": "everything"}, "M2FP_AUDIT_CLIENT"),
+        ({"device": "cpu", "precision": "fp16"}, "M2FP_PRECISION"),
+        ({"device": "tpu"}, "M2FP_DEVICE"),
     ],
 )
 def test_bad_configuration_stops_the_start(overrides, variable):

@@ -1,0 +1,199 @@
+"""The micro-batcher, driven with plain functions."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+
+from m2fp.batching import EngineNotReady, MicroBatcher, QueueFull
+from tests.support.paths import REPO
+
+
+def _submit_in_threads(batcher: MicroBatcher, items: list) -> tuple[list, list]:
+    results: list = [None] * len(items)
+    errors: list = [None] * len(items)
+
+    def call(i: int) -> None:
+        try:
+            results[i] = batcher.submit(items[i], timeout=10)
+        except Exception as exc:
+            errors[i] = exc
+
+    threads = [threading.Thread(target=call, args=(i,)) for i in range(len(items))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(20)
+    return results, errors
+
+
+class Gate:
+    """A batch function that blocks until released, recording the batches it gets."""
+
+    def __init__(self) -> None:
+        self.open = threading.Event()
+        self.entered = threading.Event()
+        self.batches: list[list] = []
+
+    def __call__(self, items: list) -> list:
+        self.batches.append(list(items))
+        self.entered.set()
+        assert self.open.wait(10)
+        return [x * 10 for x in items]
+
+
+def test_batches_concurrent_items_up_to_max_batch() -> None:
+    sizes: list[tuple[int, float]] = []
+    batches: list[list[int]] = []
+
+    def fn(items: list[int]) -> list[int]:
+        batches.append(items)
+        time.sleep(0.02)
+        return [x * 2 for x in items]
+
+    batcher = MicroBatcher(
+        fn, max_batch=3, max_wait_ms=200, queue_max=16, on_batch=lambda n, s: sizes.append((n, s))
+    )
+    batcher.start()
+    results, errors = _submit_in_threads(batcher, list(range(7)))
+    batcher.close()
+    assert errors == [None] * 7
+    assert results == [x * 2 for x in range(7)]
+    assert sorted(x for b in batches for x in b) == list(range(7))
+    assert max(len(b) for b in batches) == 3  # grouped, and never above max_batch
+    assert len(batches) <= 4
+    assert [n for n, _ in sizes] == [len(b) for b in batches]
+    assert all(s >= 0.02 for _, s in sizes)
+
+
+def test_lone_item_waits_at_most_max_wait() -> None:
+    batcher = MicroBatcher(lambda items: items, max_batch=8, max_wait_ms=30, queue_max=4)
+    batcher.start()
+    started = time.perf_counter()
+    assert batcher.submit("x", timeout=5) == "x"
+    assert time.perf_counter() - started < 2.0
+    batcher.close()
+
+
+def test_timings_report_the_wait_and_the_batch_run() -> None:
+    gate = Gate()
+    batcher = MicroBatcher(gate, max_batch=1, max_wait_ms=0, queue_max=4)
+    batcher.start()
+    first_timings: dict[str, float] = {}
+    second_timings: dict[str, float] = {}
+    first = batcher.submit_future(1, timings=first_timings)
+    assert gate.entered.wait(10)  # the worker holds item 1 until released
+    second = batcher.submit_future(2, timings=second_timings)
+    time.sleep(0.2)
+    gate.open.set()
+    assert (first.result(10), second.result(10)) == (10, 20)
+    # item 2 waited behind item 1's run; item 1 ran for the 0.2 s the gate was shut
+    assert second_timings["queue"] >= 0.15 and first_timings["queue"] >= 0
+    assert first_timings["batch"] >= 0.15 and second_timings["batch"] >= 0
+    batcher.close()
+
+
+def test_full_queue_raises_at_once() -> None:
+    gate = Gate()
+    batcher = MicroBatcher(gate, max_batch=1, max_wait_ms=0, queue_max=2)
+    batcher.start()
+    running = batcher.submit_future(1)
+    assert gate.entered.wait(5)  # the worker holds item 1
+    waiting = [batcher.submit_future(2), batcher.submit_future(3)]
+    assert batcher.depth == 2
+    started = time.perf_counter()
+    with pytest.raises(QueueFull):
+        batcher.submit(4)
+    assert time.perf_counter() - started < 0.5
+    gate.open.set()
+    assert running.result(5) == 10
+    assert [f.result(5) for f in waiting] == [20, 30]
+    assert batcher.submit(5, timeout=5) == 50  # room again
+    batcher.close()
+
+
+def test_errors_reach_every_caller_of_the_batch_and_the_worker_goes_on() -> None:
+    def fn(items: list[int]) -> list[int]:
+        if 13 in items:
+            raise ValueError("bad batch")
+        return items
+
+    batcher = MicroBatcher(fn, max_batch=4, max_wait_ms=300, queue_max=8)
+    batcher.start()
+    results, errors = _submit_in_threads(batcher, [13, 1, 2])
+    failed = [e for e in errors if e is not None]
+    assert failed and all(isinstance(e, ValueError) for e in failed)
+    assert isinstance(errors[0], ValueError)
+    assert batcher.submit(7, timeout=5) == 7
+    batcher.close()
+
+
+def test_wrong_number_of_results_is_an_error() -> None:
+    batcher = MicroBatcher(lambda items: [], max_batch=1, max_wait_ms=0, queue_max=2)
+    batcher.start()
+    with pytest.raises(RuntimeError, match="0 results for 1"):
+        batcher.submit(1, timeout=5)
+    batcher.close()
+
+
+def test_on_batch_errors_are_logged_not_raised(caplog: pytest.LogCaptureFixture) -> None:
+    def hook(n: int, seconds: float) -> None:
+        raise RuntimeError("metrics down")
+
+    batcher = MicroBatcher(lambda items: items, max_batch=1, max_wait_ms=0, on_batch=hook)
+    batcher.start()
+    assert batcher.submit(3, timeout=5) == 3
+    batcher.close()
+    assert "on_batch hook failed" in caplog.text
+
+
+def test_timeout_drops_the_item_before_it_runs() -> None:
+    gate = Gate()
+    batcher = MicroBatcher(gate, max_batch=1, max_wait_ms=0, queue_max=4)
+    batcher.start()
+    first = batcher.submit_future(1)
+    assert gate.entered.wait(5)
+    with pytest.raises(TimeoutError):
+        batcher.submit(2, timeout=0.05)
+    gate.open.set()
+    assert first.result(5) == 10
+    assert batcher.submit(3, timeout=5) == 30
+    assert gate.batches == [[1], [3]]  # the abandoned item never ran
+    batcher.close()
+
+
+def test_close_fails_pending_callers_and_refuses_new_ones() -> None:
+    gate = Gate()
+    batcher = MicroBatcher(gate, max_batch=1, max_wait_ms=0, queue_max=4)
+    with pytest.raises(EngineNotReady):
+        batcher.submit(0)  # not started
+    batcher.start()
+    running = batcher.submit_future(1)
+    assert gate.entered.wait(5)
+    pending = batcher.submit_future(2)
+    closer = threading.Thread(target=batcher.close)
+    closer.start()
+    with pytest.raises(EngineNotReady, match="closed"):
+        pending.result(5)
+    gate.open.set()  # the running batch still completes
+    assert running.result(5) == 10
+    closer.join(5)
+    assert not closer.is_alive() and not batcher.running
+    with pytest.raises(EngineNotReady):
+        batcher.submit(3)
+
+
+def test_invalid_bounds() -> None:
+    with pytest.raises(ValueError):
+        MicroBatcher(lambda items: items, max_batch=0)
+    with pytest.raises(ValueError):
+        MicroBatcher(lambda items: items, queue_max=0)
+
+
+def test_the_batcher_imports_no_torch() -> None:
+    code = "import sys, m2fp.batching; assert 'torch' not in sys.modules, sorted(sys.modules)"
+    subprocess.run([sys.executable, "-c", code], cwd=REPO, check=True, timeout=60)
