@@ -85,6 +85,7 @@ def check_model(server) -> None:
         checked = check_weights(
             _settings.model_dir,
             key_file=_settings.weights_key_file,
+            key_text=_settings.weights_key,
             expected_sha256=_settings.weights_sha256,
         )
     except (ModelProtectionError, OSError) as exc:

@@ -1,4 +1,4 @@
-"""The model file's protection through real gunicorn (issue 6).
+"""The model file's protection through real gunicorn.
 
 - The master checks the model before any worker starts (gunicorn.conf.py `on_starting`): a
   pin mismatch, a modified or truncated encrypted file, a wrong, missing or loose key, a
@@ -22,6 +22,7 @@ import pytest
 import requests
 
 from security import model_crypto as mc
+from security.model_crypto.container import TAG_BYTES
 from tests.support import images
 from tests.support.fswatch import TreeWatch
 from tests.support.model_factory import write_tiny_model_dir
@@ -103,7 +104,7 @@ def _prepare(case: str, model: EncryptedModel, tmp_path: Path) -> tuple[dict[str
     encrypted = directory / mc.ENCRYPTED_WEIGHTS_FILE
     with encrypted.open("rb") as fh:
         header = mc.read_header(fh, encrypted)
-    position = len(header.raw) + 6 * (CHUNK + mc.TAG_BYTES) + 1000  # in the 7th chunk
+    position = len(header.raw) + 6 * (CHUNK + TAG_BYTES) + 1000  # in the 7th chunk
     missing = tmp_path / "nowhere"
     values = {"actual": model.sha256, "key_id": model.key.key_id, "missing": missing}
     values |= {"chunk": 7, "chunks": header.chunks}
