@@ -90,6 +90,8 @@ CASES = {
     "one-byte-flipped": [mc.INTEGRITY_MESSAGE, "(chunk {chunk} of {chunks})"],
     "truncated": [mc.INTEGRITY_MESSAGE, "(truncated: 1000 bytes missing)"],
     "wrong-key": [mc.INTEGRITY_MESSAGE, "the file is encrypted for key id {key_id}"],
+    # M2FP_WEIGHTS_KEY reaches the check through Settings (no key file set).
+    "wrong-key-variable": [mc.INTEGRITY_MESSAGE, "the file is encrypted for key id {key_id}"],
     "key-file-mode-0644": ["is accessible by group or others (mode 0644)", "chmod 600"],
     "no-key": ["is encrypted and no key is configured", "M2FP_WEIGHTS_KEY_FILE"],
     "plaintext-swapped-in": ["holds only the unencrypted pytorch_model.pt"],
@@ -128,6 +130,9 @@ def _prepare(case: str, model: EncryptedModel, tmp_path: Path) -> tuple[dict[str
         encrypted.write_bytes(encrypted.read_bytes()[:-1000])
     elif case == "wrong-key":
         env["M2FP_WEIGHTS_KEY_FILE"] = str(_key_file(tmp_path / "other", mc.generate_secret_key()))
+    elif case == "wrong-key-variable":
+        del env["M2FP_WEIGHTS_KEY_FILE"]
+        env["M2FP_WEIGHTS_KEY"] = mc.generate_secret_key().material.hex()
     elif case == "key-file-mode-0644":
         env["M2FP_WEIGHTS_KEY_FILE"] = str(_key_file(tmp_path / "loose", model.key, 0o644))
     elif case == "missing-model-dir":
