@@ -6,12 +6,14 @@ any) check out, and no plaintext is ever written to disk.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import os
 import secrets
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
+from typing import BinaryIO
 
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
@@ -81,6 +83,21 @@ def encrypt_file(
     return header
 
 
+@contextlib.contextmanager
+def _opened(path: Path, key: DecryptionKey) -> Iterator[tuple[BinaryIO, EncryptedHeader, bytes]]:
+    """`path` positioned at its first chunk, its header authenticated with `key` and its length
+    checked, with the header and the data key."""
+    try:
+        fh = path.open("rb")
+    except OSError as exc:
+        raise ModelProtectionError(f"cannot open {path}: {exc.strerror or exc}") from None
+    with fh:
+        header = read_header(fh, path)
+        data_key = open_data_key(header, key, path)
+        check_length(header, os.fstat(fh.fileno()).st_size, path)
+        yield fh, header, data_key
+
+
 def _decrypt(
     path: Path,
     key: DecryptionKey,
@@ -90,14 +107,7 @@ def _decrypt(
     sink: Callable[[bytes], object] | None,
     progress: Progress | None,
 ) -> EncryptedHeader:
-    try:
-        fh = path.open("rb")
-    except OSError as exc:
-        raise ModelProtectionError(f"cannot open {path}: {exc.strerror or exc}") from None
-    with fh:
-        header = read_header(fh, path)
-        data_key = open_data_key(header, key, path)
-        check_length(header, os.fstat(fh.fileno()).st_size, path)
+    with _opened(path, key) as (fh, header, data_key):
         # The header is authentic now: refuse a wrong model before decrypting it.
         check_pin(header.sha256, expected_sha256, path)
         if start:
@@ -203,14 +213,7 @@ def rewrap_file(
     """
     src, dst = Path(src), Path(dst)
     check_recipients(recipients)
-    try:
-        fh = src.open("rb")
-    except OSError as exc:
-        raise ModelProtectionError(f"cannot open {src}: {exc.strerror or exc}") from None
-    with fh:
-        old = read_header(fh, src)
-        old_key = open_data_key(old, key, src)
-        check_length(old, os.fstat(fh.fileno()).st_size, src)
+    with _opened(src, key) as (fh, old, old_key):
         if reencrypt:
             data_key = secrets.token_bytes(KEY_BYTES)
             file_header = pack_file_header(
