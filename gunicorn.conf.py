@@ -75,7 +75,7 @@ def check_model(server) -> None:
     prints a RuntimeError raised here as `Error: <message>` and exits 1 before binding or
     forking; messages name paths, hashes and key ids, never key material."""
     started = time.perf_counter()
-    # The module's warnings (a plaintext copy beside the .enc, an unpinned envelope file) in
+    # The package's warnings (a plaintext copy beside the .enc, an unpinned envelope file) in
     # gunicorn's log, for the check only: workers configure their own handlers.
     crypto_log = logging.getLogger("security.model_crypto")
     handlers = [h for h in server.log.error_log.handlers if h not in crypto_log.handlers]
@@ -85,6 +85,7 @@ def check_model(server) -> None:
         checked = check_weights(
             _settings.model_dir,
             key_file=_settings.weights_key_file,
+            key_text=_settings.weights_key,
             expected_sha256=_settings.weights_sha256,
         )
     except (ModelProtectionError, OSError) as exc:

@@ -11,7 +11,7 @@ import dataclasses
 import ipaddress
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +31,8 @@ class Settings:
     model_dir: Path = DEFAULT_MODEL_DIR
     weights_sha256: str | None = None
     weights_key_file: Path | None = None
+    # The key itself (hex, base64 or PEM), used when no key file is set; kept out of repr.
+    weights_key: str | None = field(default=None, repr=False)
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     precision: str = "auto"  # auto | fp32 | fp16 | bf16
     warmup: bool = True

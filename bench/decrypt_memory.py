@@ -27,8 +27,6 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from cryptography.hazmat.primitives import serialization  # noqa: E402
-
 from security import model_crypto as mc  # noqa: E402
 
 TARGET_RATIO = 2.5
@@ -144,12 +142,7 @@ def main() -> None:
         size, pin = plain.stat().st_size, mc.sha256_file(plain)
         secret, rsa_key = mc.generate_secret_key(), mc.generate_rsa_key(3072)
         key_file = _secret_file(root / "weights.key", mc.format_secret_key(secret).encode())
-        pem = rsa_key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-        rsa_file = _secret_file(root / "kiosk.pem", pem)
+        rsa_file = _secret_file(root / "kiosk.pem", mc.private_key_pem(rsa_key))
         t0 = time.perf_counter()
         enc = secret_dir / mc.ENCRYPTED_WEIGHTS_FILE
         mc.encrypt_file(plain, enc, [secret], chunk_size=args.chunk_size)

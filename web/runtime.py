@@ -59,6 +59,7 @@ def build_engine(
         return open_weights(
             model_dir,
             key_file=settings.weights_key_file,
+            key_text=settings.weights_key,
             expected_sha256=settings.weights_sha256,
         )
 

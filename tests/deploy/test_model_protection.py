@@ -1,4 +1,4 @@
-"""The model file's protection through real gunicorn (issue 6).
+"""The model file's protection through real gunicorn.
 
 - The master checks the model before any worker starts (gunicorn.conf.py `on_starting`): a
   pin mismatch, a modified or truncated encrypted file, a wrong, missing or loose key, a
@@ -22,6 +22,7 @@ import pytest
 import requests
 
 from security import model_crypto as mc
+from security.model_crypto.container import TAG_BYTES
 from tests.support import images
 from tests.support.fswatch import TreeWatch
 from tests.support.model_factory import write_tiny_model_dir
@@ -89,6 +90,8 @@ CASES = {
     "one-byte-flipped": [mc.INTEGRITY_MESSAGE, "(chunk {chunk} of {chunks})"],
     "truncated": [mc.INTEGRITY_MESSAGE, "(truncated: 1000 bytes missing)"],
     "wrong-key": [mc.INTEGRITY_MESSAGE, "the file is encrypted for key id {key_id}"],
+    # M2FP_WEIGHTS_KEY reaches the check through Settings (no key file set).
+    "wrong-key-variable": [mc.INTEGRITY_MESSAGE, "the file is encrypted for key id {key_id}"],
     "key-file-mode-0644": ["is accessible by group or others (mode 0644)", "chmod 600"],
     "no-key": ["is encrypted and no key is configured", "M2FP_WEIGHTS_KEY_FILE"],
     "plaintext-swapped-in": ["holds only the unencrypted pytorch_model.pt"],
@@ -103,7 +106,7 @@ def _prepare(case: str, model: EncryptedModel, tmp_path: Path) -> tuple[dict[str
     encrypted = directory / mc.ENCRYPTED_WEIGHTS_FILE
     with encrypted.open("rb") as fh:
         header = mc.read_header(fh, encrypted)
-    position = len(header.raw) + 6 * (CHUNK + mc.TAG_BYTES) + 1000  # in the 7th chunk
+    position = len(header.raw) + 6 * (CHUNK + TAG_BYTES) + 1000  # in the 7th chunk
     missing = tmp_path / "nowhere"
     values = {"actual": model.sha256, "key_id": model.key.key_id, "missing": missing}
     values |= {"chunk": 7, "chunks": header.chunks}
@@ -127,6 +130,9 @@ def _prepare(case: str, model: EncryptedModel, tmp_path: Path) -> tuple[dict[str
         encrypted.write_bytes(encrypted.read_bytes()[:-1000])
     elif case == "wrong-key":
         env["M2FP_WEIGHTS_KEY_FILE"] = str(_key_file(tmp_path / "other", mc.generate_secret_key()))
+    elif case == "wrong-key-variable":
+        del env["M2FP_WEIGHTS_KEY_FILE"]
+        env["M2FP_WEIGHTS_KEY"] = mc.generate_secret_key().material.hex()
     elif case == "key-file-mode-0644":
         env["M2FP_WEIGHTS_KEY_FILE"] = str(_key_file(tmp_path / "loose", model.key, 0o644))
     elif case == "missing-model-dir":

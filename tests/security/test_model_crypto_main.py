@@ -1,8 +1,10 @@
-"""`python -m security.model_crypto` in subprocesses: keygen, encrypt, decrypt-check, rewrap,
-hash, info; exit codes, one-line errors, atomic outputs."""
+"""security/model_crypto/__main__.py, `python -m security.model_crypto`, in subprocesses:
+keygen, encrypt, decrypt-check, rewrap, hash, info; exit codes, one-line errors, atomic
+outputs."""
 
 from __future__ import annotations
 
+import base64
 import os
 import random
 import shutil
@@ -14,6 +16,7 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from security import model_crypto as mc
+from security.model_crypto.container import TAG_BYTES
 from tests.support.paths import REPO
 
 PAYLOAD = random.Random(1).randbytes(10_000)
@@ -154,7 +157,7 @@ def test_truncated_appended_swapped_exit_1(model_dir: Path, keys, tmp_path, chan
     data = enc.read_bytes()
     with enc.open("rb") as fh:
         h = len(mc.read_header(fh).raw)
-    step = 2048 + mc.TAG_BYTES
+    step = 2048 + TAG_BYTES
     bad_data = {
         "truncate": data[: h + step],
         "append": data + data[h : h + step],
@@ -193,6 +196,12 @@ def test_key_from_environment_variable(model_dir: Path, keys) -> None:
     result = run("decrypt-check", enc, env={"M2FP_WEIGHTS_KEY": "not-a-key"})
     assert_fails(result, 3, "environment variable M2FP_WEIGHTS_KEY")
     assert "not-a-key" not in result.stderr
+    other = {"OTHER_KEY": base64.b64encode(mc.read_key_file(keys["main"]).material).decode()}
+    result = run("decrypt-check", enc, "--key-env", "OTHER_KEY", env=other)
+    assert result.returncode == 0, result.stderr
+    result = run("hash", enc, "--key-env", "OTHER_KEY", env=other)
+    assert result.returncode == 0 and "verified" in result.stderr
+    assert "NOT verified" not in result.stderr
 
 
 def test_loose_key_file_exits_3_naming_chmod(model_dir: Path, keys, tmp_path: Path) -> None:

@@ -1,4 +1,4 @@
-"""Command line of `security.model_crypto`: `python -m security.model_crypto COMMAND ...`.
+"""The command line: `python -m security.model_crypto COMMAND ...`. Nothing imports it.
 
 Commands: keygen, encrypt, decrypt-check, rewrap, hash, info (see docs/model-protection.md).
 Every output file is written atomically (temporary name in the same directory, fsync, rename);
@@ -6,6 +6,10 @@ an input is never overwritten and an existing output only with --force. Progress
 stderr when it is a terminal. Each failure prints one line on stderr and exits non-zero:
 1 the file is refused (modified, wrong key, SHA-256 mismatch), 2 usage, 3 key problem,
 4 anything else (missing file, existing output...).
+
+As a command-line tool it reads its defaults from the environment itself: `--key-file`
+defaults to $M2FP_WEIGHTS_KEY_FILE, `--sha256` to $M2FP_WEIGHTS_SHA256, and `--key-env VAR`
+names the variable holding a key. The service reads the same variables through `Settings`.
 """
 
 from __future__ import annotations
@@ -17,10 +21,10 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
-from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from security import model_crypto as mc
+from security.model_crypto.container import SLOT_RSA_OAEP_SHA256, SLOT_SECRET_KEY
 
 EXIT_REFUSED, EXIT_USAGE, EXIT_KEY, EXIT_OTHER = 1, 2, 3, 4
 
@@ -60,8 +64,22 @@ def _is_encrypted(path: Path) -> bool:
         raise mc.ModelProtectionError(f"cannot read {path}: {exc.strerror or exc}") from None
 
 
+def _key_in_variable(name: str | None) -> mc.DecryptionKey | None:
+    """The key held by environment variable `name`, None when it is unset or blank."""
+    if not name:
+        return None
+    return mc.key_from_text(os.environ.get(name), source=f"environment variable {name}")
+
+
+def _given_key(args: argparse.Namespace) -> mc.DecryptionKey | None:
+    """The key of --key-file when given, else the one in the variable named by --key-env."""
+    if args.key_file:
+        return mc.read_key_file(args.key_file)
+    return _key_in_variable(args.key_env)
+
+
 def _source_key(args: argparse.Namespace) -> mc.DecryptionKey:
-    key = mc.resolve_key(args.key_file, args.key_env)
+    key = _given_key(args)
     if key is None:
         raise mc.ModelKeyError(
             f"no key: pass --key-file, or set {mc.KEY_FILE_ENV} or {args.key_env or mc.KEY_ENV}"
@@ -77,7 +95,7 @@ def _recipients(
         key = mc.read_key_file(key_file)
         out.append(key.public_key() if isinstance(key, rsa.RSAPrivateKey) else key)
     if key_env:
-        key = mc.key_from_env(key_env)
+        key = _key_in_variable(key_env)
         if key is None:
             raise mc.ModelKeyError(f"environment variable {key_env} is not set")
         out.append(key.public_key() if isinstance(key, rsa.RSAPrivateKey) else key)
@@ -107,18 +125,10 @@ def cmd_keygen(args: argparse.Namespace) -> int:
     if public.exists() and not args.force:
         raise mc.ModelProtectionError(f"{public} already exists (use --force to replace it)")
     key = mc.generate_rsa_key(args.bits)
-    private_pem = key.private_bytes(
-        serialization.Encoding.PEM,
-        serialization.PrivateFormat.PKCS8,
-        serialization.NoEncryption(),
-    )
-    public_pem = key.public_key().public_bytes(
-        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
-    )
     with mc.atomic_output(out, force=args.force, mode=0o600) as fh:
-        fh.write(private_pem)
+        fh.write(mc.private_key_pem(key))
     with mc.atomic_output(public, force=args.force, mode=0o644) as fh:
-        fh.write(public_pem)
+        fh.write(mc.public_key_pem(key))
     print(f"wrote RSA-{args.bits} private key {out} (mode 0600) and public key {public}")
     print(f"key id {mc.key_id(key)}; encrypt with --recipient {public}; on the receiving box")
     print(f"set {mc.KEY_FILE_ENV} to the private key file")
@@ -204,7 +214,7 @@ def cmd_hash(args: argparse.Namespace) -> int:
         with _progress(args, path.stat().st_size, "sha256") as progress:
             print(f"{mc.sha256_file(path, progress=progress)}  {path}")
         return 0
-    key = mc.resolve_key(args.key_file, args.key_env)
+    key = _given_key(args)
     if key is None:
         with path.open("rb") as fh:
             header = mc.read_header(fh, path)
@@ -230,7 +240,7 @@ def cmd_info(args: argparse.Namespace) -> int:
         raise mc.ModelProtectionError(f"cannot open {path}: {exc.strerror or exc}") from None
     with fh:
         header = mc.read_header(fh, path)
-    kinds = {mc.SLOT_SECRET_KEY: "secret key", mc.SLOT_RSA_OAEP_SHA256: "RSA-OAEP-SHA256"}
+    kinds = {SLOT_SECRET_KEY: "secret key", SLOT_RSA_OAEP_SHA256: "RSA-OAEP-SHA256"}
     print(f"file               {path} (format version {mc.FORMAT_VERSION}, AES-256-GCM)")
     print(f"plaintext          {header.plaintext_length} bytes, sha256 {header.sha256}")
     print(f"chunks             {header.chunks} of {header.chunk_size} bytes")
