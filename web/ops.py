@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from flask import Blueprint, Response, current_app, jsonify, request
 
-from security.errors import Forbidden, NotReady, Overloaded
+from security.errors import Forbidden, NotReady, Overloaded, Unavailable
 from web.runtime import FAILED
 from web.service import RETRY_NOT_READY, RETRY_OVERLOADED
 
@@ -27,10 +27,13 @@ def readyz() -> Response:
     if not service.runtime.ready:
         raise NotReady(retry_after=RETRY_NOT_READY)
     if service.memory.shedding:
-        raise Overloaded("The server is low on memory.", retry_after=RETRY_OVERLOADED)
+        raise Overloaded(
+            "The server is low on memory; try again shortly.", retry_after=RETRY_OVERLOADED
+        )
     abuse = current_app.extensions["m2fp_abuse"]
     if not abuse.storage.check():
-        raise Overloaded("The rate-limit storage is unreachable.", retry_after=RETRY_OVERLOADED)
+        # the same answer as a parse gets when the storage is down (web/errors.py)
+        raise Unavailable(retry_after=Unavailable.kind.retry_after)
     return jsonify({"status": "ready"})
 
 
