@@ -110,7 +110,7 @@ def test_the_app_names_werkzeugs_errors_from_the_list(app, status):
     assert tuple(response.get_json()["error"][k] for k in ("code", "message")) == expected
 
 
-def test_storage_down_is_one_code_for_readyz_and_parse(make_app, tmp_path):
+def test_storage_down_is_one_code_for_readyz_and_parse(make_app, tmp_path, capfd):
     """One cause, one answer: /readyz used to say `overloaded` where a parse said
     `unavailable` for the same unreachable rate-limit storage."""
     redis = RedisServer(tmp_path)
@@ -119,7 +119,10 @@ def test_storage_down_is_one_code_for_readyz_and_parse(make_app, tmp_path):
         assert client.get("/readyz").status_code == 200
     finally:
         redis.stop()
+    capfd.readouterr()
     ready = client.get("/readyz")
+    # the reason is in the operator log (stderr), not in the answer
+    assert "rate-limit storage unreachable" in capfd.readouterr().err
     parsed = client.post(PARSE, data=images.png(), content_type="image/png")
     for r in (ready, parsed):
         assert r.status_code == 503

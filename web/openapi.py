@@ -193,8 +193,8 @@ def _schemas() -> dict[str, Any]:
                     "properties": {
                         "code": {
                             "type": "string",
-                            "description": "One of the list; `http_<status>` for a status"
-                            " outside it.",
+                            "description": "A stable code (docs/api.md, Errors);"
+                            " `http_<status>` for a status without its own.",
                             "anyOf": [
                                 {"enum": [kind.code for kind in ERRORS]},
                                 {"pattern": "^http_[0-9]{3}$"},

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 from flask import Blueprint, Response, current_app, jsonify, request
 
 from security.errors import Forbidden, NotReady, Overloaded, Unavailable
@@ -9,6 +11,7 @@ from web.runtime import FAILED
 from web.service import RETRY_NOT_READY, RETRY_OVERLOADED
 
 bp = Blueprint("ops", __name__)
+log = logging.getLogger("m2fp.service")
 
 
 @bp.get("/healthz")
@@ -32,7 +35,8 @@ def readyz() -> Response:
         )
     abuse = current_app.extensions["m2fp_abuse"]
     if not abuse.storage.check():
-        # the same answer as a parse gets when the storage is down (web/errors.py)
+        # the same answer (and log line) as a parse gets when the storage is down (web/errors.py)
+        log.error("rate-limit storage unreachable")
         raise Unavailable(retry_after=Unavailable.kind.retry_after)
     return jsonify({"status": "ready"})
 
