@@ -58,8 +58,10 @@ CMD ["gunicorn", "-c", "gunicorn.conf.py", "-b", "0.0.0.0:8000", "app:create_app
 
 # -- the edge: Debian's nginx (the version the tests run) and the config renderer ------------------
 FROM debian:bookworm-slim AS edge-files
+# The renderer and the stdlib-only modules it imports: the settings (the body cap follows
+# M2FP_MAX_UPLOAD_MB) and what nginx and the app agree on (errors, body cap, CSP).
 COPY nginx /opt/m2fp/nginx
-COPY settings.py /opt/m2fp/settings.py
+COPY settings.py http_contract.py /opt/m2fp/
 # settings.py checks M2FP_DEVICE/M2FP_PRECISION with m2fp/device.py (plain Python, no torch)
 COPY m2fp/__init__.py m2fp/device.py /opt/m2fp/m2fp/
 COPY . /tmp/context

@@ -15,12 +15,21 @@ from __future__ import annotations
 
 import argparse
 import ipaddress
+import json
 import os
 import re
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from http_contract import (
+    API_CSP,
+    ErrorKind,
+    generic_error,
+    json_body_allowance,
+    permissions_policy,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 TEMPLATE = Path(__file__).resolve().with_name("nginx.conf.template")
@@ -32,8 +41,22 @@ MIB = 1024 * 1024
 # framing of a body at the default cap sent in chunks of 128 bytes or more (measured: 64-byte
 # chunks overflow it); such a body is refused, not written (write_config: fail closed).
 BODY_BUFFER_HEADROOM = 1 * MIB
-# Room for the JSON envelope (or multipart framing) around a base64 image of the byte cap.
-BODY_ENVELOPE_BYTES = 64 * 1024
+# The errors nginx answers itself, each with the app's name for its status (the generic kind in
+# http_contract.ERRORS) and any other statuses it also catches (494: nginx's own "request
+# header too large").
+EDGE_ERRORS: tuple[tuple[int, tuple[int, ...]], ...] = (
+    (400, ()),
+    (403, ()),
+    (404, ()),
+    (413, ()),
+    (414, ()),
+    (429, ()),
+    (431, (494,)),
+    (500, ()),
+    (502, ()),
+    (503, ()),
+    (504, ()),
+)
 
 _RATE = re.compile(r"^\d+r/[sm]$")
 _PLACEHOLDER = re.compile(r"\{\{\s*([a-z_]+)\s*\}\}")
@@ -44,9 +67,9 @@ class RenderError(ValueError):
 
 
 def max_body_bytes_for(max_upload_bytes: int) -> int:
-    """The request body cap for an image byte cap: the base64 form of an image at the cap
-    (4 characters per 3 bytes) plus its JSON/multipart envelope."""
-    return 4 * -(-max_upload_bytes // 3) + BODY_ENVELOPE_BYTES
+    """The request body cap for an image byte cap: the app's largest body, the base64 form of
+    an image at the cap in its JSON envelope (`http_contract.json_body_allowance`)."""
+    return json_body_allowance(max_upload_bytes)
 
 
 def default_max_body_bytes() -> int:
@@ -140,37 +163,17 @@ def _split_host_port(address: str) -> tuple[str, int]:
     return host, int(port)
 
 
-# The app's security headers for a response that runs nothing (security/headers.py: API_CSP,
-# permissions_policy(camera=False)); repeated here because the edge image has no Flask.
-API_CSP = "default-src 'none'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
-PERMISSIONS_POLICY = ", ".join(
-    f"{feature}=()"
-    for feature in (
-        "accelerometer",
-        "autoplay",
-        "camera",
-        "display-capture",
-        "geolocation",
-        "gyroscope",
-        "magnetometer",
-        "microphone",
-        "midi",
-        "payment",
-        "usb",
-    )
-)
-
-
 def security_headers(*, hsts: str, cache_control: str) -> dict[str, str]:
     """The headers nginx adds to what it serves itself (error pages, static files): the app's
     set plus HSTS, which must be repeated because add_header in a location replaces the
     server-level list instead of extending it."""
     return {
         "Strict-Transport-Security": hsts,
+        # the app's for a response that runs nothing (security/headers.py)
         "Content-Security-Policy": API_CSP,
         "X-Content-Type-Options": "nosniff",
         "Referrer-Policy": "no-referrer",
-        "Permissions-Policy": PERMISSIONS_POLICY,
+        "Permissions-Policy": permissions_policy(camera=False),
         "Cross-Origin-Opener-Policy": "same-origin",
         "Cross-Origin-Resource-Policy": "same-origin",
         "X-Frame-Options": "DENY",
@@ -189,11 +192,6 @@ def render(options: NginxOptions, template: str | None = None) -> str:
     options.validate()
     template = TEMPLATE.read_text() if template is None else template
     hsts = f"max-age={options.hsts_max_age}; includeSubDomains"
-    error_headers = [
-        "types { }  # the type must not follow the extension of the URI that failed",
-        "default_type application/json;",
-        *_add_headers(security_headers(hsts=hsts, cache_control="no-store")),
-    ]
     https_port = options.public_https_port or _split_host_port(options.https_listen[0])[1]
     values = {
         "user_line": f"user {options.user};" if options.user else "",
@@ -248,9 +246,51 @@ def render(options: NginxOptions, template: str | None = None) -> str:
         ),
         "metrics_allow_lines": _lines([f"allow {n};" for n in options.metrics_allow], indent=12),
         "static_location": _static_location(options.static_root, hsts),
-        "error_headers": _lines(error_headers, indent=12),
+        "error_pages": _lines(
+            [
+                f"error_page {' '.join(map(str, (status, *also)))} = @{_edge_error(status).code};"
+                for status, also in EDGE_ERRORS
+            ],
+            indent=8,
+        ),
+        "error_locations": _lines(
+            [_error_location(status, hsts, options.max_body_bytes) for status, _ in EDGE_ERRORS],
+            indent=8,
+        ),
     }
     return _PLACEHOLDER.sub(lambda m: _lookup(values, m.group(1)), template)
+
+
+def _edge_error(status: int) -> ErrorKind:
+    kind = generic_error(status)
+    if kind is None:
+        raise RenderError(f"no error in http_contract.ERRORS is called {status}")
+    return kind
+
+
+def error_body(kind: ErrorKind, message: str | None = None) -> str:
+    """The JSON body nginx sends for `kind`, in the API's error shape; `$request_id` is nginx's
+    variable, filled in per request."""
+    error = {"code": kind.code, "message": message or kind.message, "request_id": "$request_id"}
+    body = json.dumps({"error": error}, separators=(",", ":"))
+    # inside nginx's single quotes: no quote, no escape, no variable but the request id
+    if "'" in body or "\\" in body or body.count("$") != 1:
+        raise RenderError(f"the {kind.code} message cannot go into nginx.conf: {body}")
+    return body
+
+
+def _error_location(status: int, hsts: str, max_body_bytes: int) -> str:
+    kind = _edge_error(status)
+    # the cap, in the words of the app's own 413 for a body over it (web/inputs.py)
+    message = f"The request body is larger than {max_body_bytes} bytes." if status == 413 else None
+    body = [
+        "types { }  # the type must not follow the extension of the URI that failed",
+        "default_type application/json;",
+        *_add_headers(security_headers(hsts=hsts, cache_control="no-store")),
+        *([f"add_header Retry-After {kind.retry_after} always;"] if kind.retry_after else []),
+        f"return {status} '{error_body(kind, message)}';",
+    ]
+    return f"location @{kind.code} {{\n            " + _lines(body, indent=12) + "\n        }"
 
 
 def _http_server(listen: Sequence[str], https_port: int) -> str:

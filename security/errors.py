@@ -1,17 +1,27 @@
 """Failures the service reports to clients, one exception type per cause.
 
-Each carries its HTTP status, a stable machine-readable `code` and a human message. The single
+Each carries its HTTP status, a stable machine-readable `code` and a human message, taken from
+the one error list (`http_contract.ERRORS`, which nginx's own error pages use too). The single
 error handler in `web/errors.py` turns them (and werkzeug's `HTTPException`s) into the JSON error
 shape of the API contract: `{"error": {"code", "message", "request_id"}}`.
 """
 
 from __future__ import annotations
 
+from http_contract import ErrorKind, error_kind
+
 
 class ServiceError(Exception):
-    status: int = 500
-    code: str = "internal_error"
-    message: str = "The server could not complete the request."
+    kind: ErrorKind = error_kind("internal_error")
+    status: int = kind.status
+    code: str = kind.code
+    message: str = kind.message
+
+    def __init_subclass__(cls, code: str = "", **kwargs: object) -> None:
+        super().__init_subclass__(**kwargs)
+        if code:
+            cls.kind = error_kind(code)
+            cls.status, cls.code, cls.message = cls.kind.status, cls.kind.code, cls.kind.message
 
     def __init__(self, message: str | None = None, *, retry_after: int | None = None) -> None:
         super().__init__(message or self.message)
@@ -19,49 +29,46 @@ class ServiceError(Exception):
         self.retry_after = retry_after
 
 
-class BadRequest(ServiceError):
-    status, code, message = 400, "bad_request", "The request is malformed."
+class BadRequest(ServiceError, code="bad_request"):
+    pass
 
 
-class Unauthorized(ServiceError):
-    status, code, message = 401, "unauthorized", "An API key is required."
+class Unauthorized(ServiceError, code="unauthorized"):
+    pass
 
 
-class Forbidden(ServiceError):
-    status, code, message = 403, "forbidden", "This API key is not valid."
+class Forbidden(ServiceError, code="forbidden"):
+    pass
 
 
-class PayloadTooLarge(ServiceError):
-    status, code, message = 413, "payload_too_large", "The upload is too large."
+class PayloadTooLarge(ServiceError, code="payload_too_large"):
+    pass
 
 
-class UnsupportedMediaType(ServiceError):
-    status, code, message = (
-        415,
-        "unsupported_media_type",
-        "Only JPEG, PNG and WebP images are accepted.",
-    )
+class UnsupportedMediaType(ServiceError, code="unsupported_media_type"):
+    pass
 
 
-class UnprocessableImage(ServiceError):
-    status, code, message = 422, "unprocessable_image", "The image could not be decoded."
+class UnprocessableImage(ServiceError, code="unprocessable_image"):
+    pass
 
 
-class RateLimited(ServiceError):
-    status, code, message = 429, "rate_limited", "Too many requests; try again later."
+class RateLimited(ServiceError, code="rate_limited"):
+    pass
 
 
-class Banned(ServiceError):
-    status, code, message = (
-        429,
-        "temporarily_banned",
-        "Too many invalid uploads; this client is temporarily blocked.",
-    )
+class Banned(ServiceError, code="temporarily_banned"):
+    pass
 
 
-class Overloaded(ServiceError):
-    status, code, message = 503, "overloaded", "The server is busy; try again shortly."
+class Overloaded(ServiceError, code="overloaded"):
+    pass
 
 
-class NotReady(ServiceError):
-    status, code, message = 503, "not_ready", "The model is still loading; try again shortly."
+class NotReady(ServiceError, code="not_ready"):
+    pass
+
+
+class Unavailable(ServiceError, code="unavailable"):
+    """Something the service needs is down (the rate-limit storage): it refuses to serve
+    rather than serve without limits."""

@@ -9,44 +9,10 @@ from __future__ import annotations
 from flask import Flask
 from flask.wrappers import Response
 
-# HTML pages: their own scripts and styles only (no inline code, no third-party origins: the
-# pages work offline); results shown through object URLs (blob:) or data: URLs.
-PAGE_CSP = "; ".join(
-    (
-        "default-src 'none'",
-        "script-src 'self'",
-        "style-src 'self'",
-        "img-src 'self' blob: data:",
-        "media-src 'self' blob:",
-        "connect-src 'self'",
-        "font-src 'self'",
-        "manifest-src 'self'",
-        "base-uri 'none'",
-        "form-action 'self'",
-        "frame-ancestors 'none'",
-    )
-)
-# Everything else (JSON, images, text): nothing may load or run, nothing may frame it.
-API_CSP = "default-src 'none'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
-_POWERFUL_FEATURES = (
-    "accelerometer",
-    "autoplay",
-    "display-capture",
-    "geolocation",
-    "gyroscope",
-    "magnetometer",
-    "microphone",
-    "midi",
-    "payment",
-    "usb",
-)
+# The policies nginx sends on its own responses too: one source for both.
+from http_contract import API_CSP, PAGE_CSP, permissions_policy
+
 CAMERA_PATHS = ("/kiosk",)  # the kiosk takes the photo with the camera; nothing else may
-
-
-def permissions_policy(camera: bool) -> str:
-    features = [f"{name}=()" for name in _POWERFUL_FEATURES]
-    features.append("camera=(self)" if camera else "camera=()")
-    return ", ".join(sorted(features))
 
 
 def security_headers(path: str, mimetype: str | None) -> dict[str, str]:

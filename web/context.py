@@ -16,14 +16,13 @@ from typing import IO
 from flask import Flask, Request, g, request
 from flask.wrappers import Response
 
+from http_contract import FORM_OVERHEAD, json_body_allowance
 from settings import Settings
 
 REQUEST_ID_HEADER = "X-Request-ID"
 # What nginx's $request_id (32 hex digits), UUIDs and most tracing ids look like; anything else
 # (too long, spaces, control characters that could forge log lines) is replaced by our own id.
 _SANE_REQUEST_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,127}")
-# Multipart framing, part headers and a few small fields on top of the image itself.
-FORM_OVERHEAD = 64 * 1024
 # Non-file form fields (never needed here) are held in memory up to this size, 413 above.
 # Werkzeug's multipart decoder also checks its carry-over buffer plus each 64 KiB read
 # against it, so a value near 64 KiB rejects valid file uploads depending on where a CR or LF
@@ -43,12 +42,6 @@ class InMemoryRequest(Request):
         content_length: int | None = None,
     ) -> IO[bytes]:
         return io.BytesIO()
-
-
-def json_body_allowance(max_bytes: int) -> int:
-    """The largest JSON body worth reading: `max_bytes` as base64 (4/3) plus a data-URL prefix
-    and JSON framing."""
-    return -(-max_bytes // 3) * 4 + FORM_OVERHEAD
 
 
 def flask_config(settings: Settings) -> dict[str, object]:

@@ -16,26 +16,16 @@ from flask.wrappers import Response
 from limits.errors import StorageError
 from werkzeug.exceptions import HTTPException
 
-from security.errors import ServiceError
+from http_contract import ERRORS
+from security.errors import ServiceError, Unavailable
 from web.context import request_id
 
 log = logging.getLogger("m2fp.service")
 
-# Stable codes for werkzeug's errors; anything else is named after its status.
+# Stable codes for werkzeug's errors (the generic kind of each status in the one error list);
+# anything else is named after its status.
 _HTTP_CODES: dict[int, tuple[str, str]] = {
-    400: ("bad_request", "The request is malformed."),
-    401: ("unauthorized", "An API key is required."),
-    403: ("forbidden", "Access to this resource is not allowed."),
-    404: ("not_found", "There is nothing at this address."),
-    405: ("method_not_allowed", "This method is not allowed here."),
-    406: ("not_acceptable", "No acceptable representation."),
-    413: ("payload_too_large", "The upload is too large."),
-    414: ("uri_too_long", "The address is too long."),
-    415: ("unsupported_media_type", "Only JPEG, PNG and WebP images are accepted."),
-    429: ("rate_limited", "Too many requests; try again later."),
-    431: ("headers_too_large", "The request headers are too large."),
-    500: ("internal_error", "The server could not complete the request."),
-    503: ("unavailable", "The service is unavailable; try again shortly."),
+    kind.status: (kind.code, kind.message) for kind in ERRORS if kind.generic
 }
 
 
@@ -74,9 +64,7 @@ def _http_error(exc: HTTPException) -> Response:
 def _storage_down(exc: StorageError) -> Response:
     # Rate limits and bans cannot be checked: refuse (fail closed) rather than serve unlimited.
     log.error("rate-limit storage unreachable: %s", exc.storage_error)
-    return error_response(
-        503, "unavailable", "The service is unavailable; try again shortly.", retry_after=5
-    )
+    return _service_error(Unavailable(retry_after=Unavailable.kind.retry_after))
 
 
 def _unexpected(exc: Exception) -> Response:

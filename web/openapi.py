@@ -10,8 +10,10 @@ from typing import Any
 
 from flask import Flask
 
+from http_contract import ERRORS
 from web.options import DEFAULT_ALPHA, IMAGE_FORMATS, MASK_FORMATS, OUTPUTS
 
+# What each error status of a parse means; the codes of each come from the one error list.
 ERROR_STATUSES = {
     "400": "Malformed request: no image, bad JSON or base64, an unknown or invalid option.",
     "401": "An API key is required (M2FP_API_KEYS_REQUIRED) and none was sent.",
@@ -19,9 +21,14 @@ ERROR_STATUSES = {
     "413": "Too many bytes (M2FP_MAX_UPLOAD_MB) or too many pixels (M2FP_MAX_PIXELS).",
     "415": "Not a JPEG, PNG or WebP, or the bytes are not what the name or type claims.",
     "422": "A JPEG, PNG or WebP that does not decode (truncated, corrupt).",
-    "429": "Rate limited (`rate_limited`) or temporarily banned (`temporarily_banned`).",
-    "503": "Model not ready (`not_ready`) or server overloaded (`overloaded`).",
+    "429": "Rate limited, or temporarily banned after invalid uploads.",
+    "503": "Model not ready, server overloaded, or the rate-limit storage unreachable.",
 }
+OTHER_STATUSES = {"404": "Not found."}
+
+
+def _codes(status: str) -> str:
+    return ", ".join(f"`{kind.code}`" for kind in ERRORS if kind.status == int(status))
 
 
 def _ref(name: str) -> dict[str, str]:
@@ -184,7 +191,16 @@ def _schemas() -> dict[str, Any]:
                     "type": "object",
                     "required": ["code", "message", "request_id"],
                     "properties": {
-                        "code": {"type": "string", "examples": ["unsupported_media_type"]},
+                        "code": {
+                            "type": "string",
+                            "description": "A stable code (docs/api.md, Errors);"
+                            " `http_<status>` for a status without its own.",
+                            "anyOf": [
+                                {"enum": [kind.code for kind in ERRORS]},
+                                {"pattern": "^http_[0-9]{3}$"},
+                            ],
+                            "examples": ["unsupported_media_type"],
+                        },
                         "message": {"type": "string"},
                         "request_id": {"type": "string"},
                     },
@@ -390,8 +406,10 @@ def openapi_document(app: Flask) -> dict[str, Any]:
         "components": {
             "schemas": _schemas(),
             "responses": {
-                f"E{status}": _error_response(text, retry_after=status in ("429", "503"))
-                for status, text in {**ERROR_STATUSES, "404": "Not found."}.items()
+                f"E{status}": _error_response(
+                    f"{text} Codes: {_codes(status)}.", retry_after=status in ("429", "503")
+                )
+                for status, text in {**ERROR_STATUSES, **OTHER_STATUSES}.items()
             },
             "headers": {
                 "X-Request-ID": {

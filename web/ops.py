@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import logging
+
 from flask import Blueprint, Response, current_app, jsonify, request
 
-from security.errors import Forbidden, NotReady, Overloaded
+from security.errors import Forbidden, NotReady, Overloaded, Unavailable
 from web.runtime import FAILED
 from web.service import RETRY_NOT_READY, RETRY_OVERLOADED
 
 bp = Blueprint("ops", __name__)
+log = logging.getLogger("m2fp.service")
 
 
 @bp.get("/healthz")
@@ -27,10 +30,14 @@ def readyz() -> Response:
     if not service.runtime.ready:
         raise NotReady(retry_after=RETRY_NOT_READY)
     if service.memory.shedding:
-        raise Overloaded("The server is low on memory.", retry_after=RETRY_OVERLOADED)
+        raise Overloaded(
+            "The server is low on memory; try again shortly.", retry_after=RETRY_OVERLOADED
+        )
     abuse = current_app.extensions["m2fp_abuse"]
     if not abuse.storage.check():
-        raise Overloaded("The rate-limit storage is unreachable.", retry_after=RETRY_OVERLOADED)
+        # the same answer (and log line) as a parse gets when the storage is down (web/errors.py)
+        log.error("rate-limit storage unreachable")
+        raise Unavailable(retry_after=Unavailable.kind.retry_after)
     return jsonify({"status": "ready"})
 
 

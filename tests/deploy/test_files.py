@@ -4,6 +4,7 @@ edge image's entry point run as a non-root user (Docker itself cannot run on the
 from __future__ import annotations
 
 import datetime as dt
+import fnmatch
 import http.client
 import json
 import os
@@ -136,6 +137,69 @@ def test_dockerfile_images_run_as_non_root_with_health_checks():
     assert "'app:create_app()'" in app.replace('"app:create_app()"', "'app:create_app()'")
     ignored = (REPO / ".dockerignore").read_text().split()
     assert {".git", ".venv", "var", "models", "tests"} <= set(ignored)
+
+
+def edge_files(root: Path) -> Path:
+    """What the edge-files stage copies to /opt/m2fp (its COPY lines, less .dockerignore),
+    laid out under `root`; returns the copy of /opt/m2fp."""
+    ignored = [p for p in (REPO / ".dockerignore").read_text().split() if not p.startswith("#")]
+
+    def skip(relative: str) -> bool:
+        parts = relative.split("/")
+        return any(
+            fnmatch.fnmatch(relative, p)
+            or fnmatch.fnmatch(parts[-1], p.removeprefix("**/"))
+            or any(fnmatch.fnmatch(part, p.removeprefix("**/")) for part in parts[:-1])
+            for p in ignored
+        )
+
+    for line in dockerfile_stages()["edge-files"]:
+        words = line.split()
+        if words[0] != "COPY" or not words[-1].startswith("/opt/m2fp"):
+            continue
+        *sources, dest = words[1:]
+        for source in sources:
+            assert not skip(source), f"{source} is in .dockerignore"
+            target = root / dest.lstrip("/")
+            if dest.endswith("/"):
+                target = target / Path(source).name
+            if (REPO / source).is_dir():
+                for path in sorted((REPO / source).rglob("*")):
+                    relative = path.relative_to(REPO).as_posix()
+                    if path.is_file() and not skip(relative):
+                        out = target / path.relative_to(REPO / source)
+                        out.parent.mkdir(parents=True, exist_ok=True)
+                        shutil.copy2(path, out)
+            else:
+                target.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(REPO / source, target)
+    return root / "opt" / "m2fp"
+
+
+def test_edge_image_files_render_the_config_with_the_standard_library_only(tmp_path):
+    """nginx/render.py runs in the edge image (Debian's python3, no packages) from what the
+    Dockerfile copies there: the renderer, settings.py and http_contract.py. Python without
+    site-packages (-S) renders the config from those files alone, with the app's body cap and
+    the error list."""
+    from http_contract import ERROR_CODES, json_body_allowance
+
+    opt = edge_files(tmp_path / "image")
+    assert {p.name for p in opt.iterdir()} >= {"nginx", "settings.py", "http_contract.py"}
+    assert not list(opt.rglob("__pycache__")) and not (opt / "web").exists()
+    out = tmp_path / "run" / "nginx.conf"
+    done = subprocess.run(
+        [sys.executable, "-S", "-E", "-s", "-m", "nginx.render", "--out", str(out)]
+        + ["--runtime-dir", str(tmp_path / "run"), "--cert", "/c.pem", "--key", "/k.pem"]
+        + ["--static-root", "none"],
+        capture_output=True,
+        text=True,
+        cwd=opt,
+        env={"PATH": os.environ["PATH"], "M2FP_MAX_UPLOAD_MB": "2"},
+    )
+    assert done.returncode == 0, done.stderr
+    text = out.read_text()
+    assert f"client_max_body_size {json_body_allowance(2 * 1024 * 1024)};" in text
+    assert ERROR_CODES["bad_gateway"].message in text
 
 
 def compose() -> dict:

@@ -8,6 +8,7 @@ import pytest
 from openapi_schema_validator import OAS31Validator
 from openapi_spec_validator import validate
 
+from http_contract import ERRORS
 from tests.support import images
 from web.options import PARAMETERS
 
@@ -72,3 +73,20 @@ def test_real_responses_match_their_schemas(client, query):
     _validator(document, "Error").validate(error.get_json())
     for person in r.get_json()["persons"]:
         assert set(person) <= set(document["components"]["schemas"]["Person"]["properties"])
+
+
+def test_errors_are_the_one_error_list(client):
+    """The Error schema's codes and each error response's codes are `http_contract.ERRORS`."""
+    document = client.get("/api/v1/openapi.json").get_json()
+    code = document["components"]["schemas"]["Error"]["properties"]["error"]["properties"]["code"]
+    enum = next(option["enum"] for option in code["anyOf"] if "enum" in option)
+    assert enum == [kind.code for kind in ERRORS]
+    validator = _validator(document, "Error")
+    for kind in ERRORS:
+        validator.validate({"error": {"code": kind.code, "message": "m", "request_id": "r"}})
+    validator.validate({"error": {"code": "http_416", "message": "m", "request_id": "r"}})
+    assert not validator.is_valid({"error": {"code": "busy", "message": "m", "request_id": "r"}})
+    for name, response in document["components"]["responses"].items():
+        status = int(name.removeprefix("E"))
+        listed = set(re.findall(r"`([a-z_]+)`", response["description"].split("Codes:")[1]))
+        assert listed == {kind.code for kind in ERRORS if kind.status == status}, name

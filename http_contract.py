@@ -1,0 +1,149 @@
+"""What nginx and the app must agree on, in one place: the error list, the body-size formula, the
+Content-Security-Policy and the Permissions-Policy.
+
+Both sides import this module: the app (`security/errors.py`, `web/errors.py`,
+`web/openapi.py`, `web/context.py`, `security/headers.py`) and the edge's config renderer
+(`nginx/render.py`), which runs in the edge image without Flask. So: the standard library only,
+and nothing from the rest of the repository. `tests/test_http_contract.py` proves that what
+each side sends is what is written here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+# -- errors -------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ErrorKind:
+    """One error of the API: `{"error": {"code": code, "message": ..., "request_id": ...}}`
+    with HTTP `status`. `message` is the default; where the sender knows more (the rejected
+    header, the limit) it says so instead."""
+
+    status: int
+    code: str
+    message: str
+    # What a bare HTTP status is called (werkzeug's exceptions, nginx's own error pages); a
+    # status with several causes has exactly one generic kind.
+    generic: bool = True
+    # Seconds to ask a client to wait, where the sender has no better figure.
+    retry_after: int | None = None
+
+
+ERRORS: tuple[ErrorKind, ...] = (
+    ErrorKind(400, "bad_request", "The request is malformed."),
+    ErrorKind(401, "unauthorized", "An API key is required."),
+    ErrorKind(403, "forbidden", "Access to this resource is not allowed."),
+    ErrorKind(404, "not_found", "There is nothing at this address."),
+    ErrorKind(405, "method_not_allowed", "This method is not allowed here."),
+    ErrorKind(406, "not_acceptable", "No acceptable representation."),
+    ErrorKind(413, "payload_too_large", "The upload is too large."),
+    ErrorKind(414, "uri_too_long", "The address is too long."),
+    ErrorKind(415, "unsupported_media_type", "Only JPEG, PNG and WebP images are accepted."),
+    ErrorKind(422, "unprocessable_image", "The image could not be decoded.", generic=False),
+    ErrorKind(429, "rate_limited", "Too many requests; try again later.", retry_after=1),
+    ErrorKind(
+        429,
+        "temporarily_banned",
+        "Too many invalid uploads; this client is temporarily blocked.",
+        generic=False,
+    ),
+    ErrorKind(431, "headers_too_large", "The request headers are too large."),
+    ErrorKind(500, "internal_error", "The server could not complete the request."),
+    ErrorKind(502, "bad_gateway", "The service is unavailable; try again shortly.", retry_after=5),
+    # Something the service needs is down (the rate-limit storage): it refuses to serve.
+    ErrorKind(503, "unavailable", "The service is unavailable; try again shortly.", retry_after=5),
+    # The engine's queue is full, a result is too slow, or memory is short.
+    ErrorKind(503, "overloaded", "The server is busy; try again shortly.", generic=False),
+    # The model is loading, or failed to load.
+    ErrorKind(503, "not_ready", "The model is still loading; try again shortly.", generic=False),
+    ErrorKind(
+        504,
+        "gateway_timeout",
+        "The service took too long to answer; try again later.",
+        retry_after=5,
+    ),
+)
+ERROR_CODES: dict[str, ErrorKind] = {kind.code: kind for kind in ERRORS}
+_GENERIC: dict[int, ErrorKind] = {kind.status: kind for kind in ERRORS if kind.generic}
+
+
+def error_kind(code: str) -> ErrorKind:
+    """The kind called `code` (KeyError for a code not in the list)."""
+    return ERROR_CODES[code]
+
+
+def generic_error(status: int) -> ErrorKind | None:
+    """What a bare `status` is called, or None for a status outside the list."""
+    return _GENERIC.get(status)
+
+
+# -- body sizes ---------------------------------------------------------------------------------
+
+# Multipart framing, part headers and a few small fields on top of the image itself; also the
+# JSON envelope and data-URL prefix around a base64 image.
+FORM_OVERHEAD = 64 * 1024
+
+
+def json_body_allowance(max_bytes: int) -> int:
+    """The largest JSON body worth reading: `max_bytes` as base64 (4 characters per 3 bytes)
+    plus a data-URL prefix and JSON framing. The largest body the app accepts, so nginx's
+    body cap too."""
+    return -(-max_bytes // 3) * 4 + FORM_OVERHEAD
+
+
+# -- security headers ---------------------------------------------------------------------------
+
+# HTML pages: their own scripts and styles only (no inline code, no third-party origins: the
+# pages work offline); results shown through object URLs (blob:) or data: URLs.
+PAGE_CSP = "; ".join(
+    (
+        "default-src 'none'",
+        "script-src 'self'",
+        "style-src 'self'",
+        "img-src 'self' blob: data:",
+        "media-src 'self' blob:",
+        "connect-src 'self'",
+        "font-src 'self'",
+        "manifest-src 'self'",
+        "base-uri 'none'",
+        "form-action 'self'",
+        "frame-ancestors 'none'",
+    )
+)
+# Everything else (JSON, images, text): nothing may load or run, nothing may frame it.
+API_CSP = "default-src 'none'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
+_POWERFUL_FEATURES = (
+    "accelerometer",
+    "autoplay",
+    "display-capture",
+    "geolocation",
+    "gyroscope",
+    "magnetometer",
+    "microphone",
+    "midi",
+    "payment",
+    "usb",
+)
+
+
+def permissions_policy(camera: bool) -> str:
+    """Every powerful feature off; the camera on for this origin only when `camera`."""
+    features = [f"{name}=()" for name in _POWERFUL_FEATURES]
+    features.append("camera=(self)" if camera else "camera=()")
+    return ", ".join(sorted(features))
+
+
+__all__ = [
+    "API_CSP",
+    "ERRORS",
+    "ERROR_CODES",
+    "FORM_OVERHEAD",
+    "PAGE_CSP",
+    "ErrorKind",
+    "error_kind",
+    "generic_error",
+    "json_body_allowance",
+    "permissions_policy",
+]
