@@ -6,8 +6,11 @@ The core, `security_headers(path, mimetype)`, is a pure function; `init_app` app
 
 from __future__ import annotations
 
-from flask import Flask
-from flask.wrappers import Response
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # Flask is needed only by `init_app`, and imported there
+    from flask import Flask
+    from flask.wrappers import Response
 
 # HTML pages: their own scripts and styles only (no inline code, no third-party origins: the
 # pages work offline); results shown through object URLs (blob:) or data: URLs.
