@@ -69,7 +69,7 @@ def _render(result: Any, pixels: Any, options: ParseOptions) -> Any:
         return result_to_json(
             result,
             pixels,
-            instances=options.instances,
+            instances=options.person_masks,
             mask_format=options.mask_format,
             include_overlay=options.include_overlay,
             alpha=options.alpha,
