@@ -1,8 +1,7 @@
 """The Flask side of the service: blueprints, the error mapping, metrics, the model runtime.
 
 `app.create_app` calls `init_app` once; everything it builds lives in `app.extensions`:
-`m2fp` (the engine), `m2fp_service`, `m2fp_settings`, `m2fp_abuse`, `m2fp_audit`,
-`m2fp_metrics_allow`.
+`m2fp` (the engine), `m2fp_service`, `m2fp_settings`, `m2fp_abuse`, `m2fp_metrics_allow`.
 """
 
 from __future__ import annotations
@@ -54,9 +53,10 @@ def init_app(app: Flask, settings: Settings, *, engine: Any = None, model: Any =
             app.wsgi_app, x_for=settings.trusted_proxies, x_proto=settings.trusted_proxies
         )
     context.init_app(app)
-    audit_log = audit.AuditLog(client_mode=settings.audit_client, hash_key=settings.audit_hash_key)
     # after_request hooks run in reverse order: the audit line, registered first, comes last.
-    request_record.init_app(app, audit_log)
+    request_record.init_app(
+        app, audit.AuditLog(client_mode=settings.audit_client, hash_key=settings.audit_hash_key)
+    )
     metrics = ServiceMetrics()
     _count_requests(app, metrics)
     headers.init_app(app, cors_origins=settings.cors_origins)
@@ -85,7 +85,6 @@ def init_app(app: Flask, settings: Settings, *, engine: Any = None, model: Any =
         m2fp=engine,
         m2fp_service=service,
         m2fp_settings=settings,
-        m2fp_audit=audit_log,
         m2fp_metrics_allow=NetworkAllowList(settings.metrics_allow),
     )
     runtime.start()

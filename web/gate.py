@@ -38,11 +38,7 @@ def init_app(app: Flask, settings: Settings, *, endpoints: tuple[str, ...]) -> A
         SettingsError: a malformed rate limit, API keys file or rate-limit storage.
     """
     check_limit("M2FP_RATE_LIMIT", settings.rate_limit)
-    gatekeeper = Gatekeeper(
-        default_limit=settings.rate_limit,
-        keys=load_keys(settings),
-        keys_required=settings.api_keys_required,
-    )
+    keys = load_keys(settings)
     limiter = Limiter(
         lambda: _identity().subject,
         storage_uri=settings.ratelimit_storage,
@@ -61,7 +57,11 @@ def init_app(app: Flask, settings: Settings, *, endpoints: tuple[str, ...]) -> A
         raise SettingsError(f"M2FP_RATELIMIT_STORAGE: {exc}") from None
     abuse = AbuseControl(
         limiter,
-        gatekeeper,
+        Gatekeeper(
+            default_limit=settings.rate_limit,
+            keys=keys,
+            keys_required=settings.api_keys_required,
+        ),
         BanList(
             limiter.storage,
             after=settings.ban_after,
@@ -76,7 +76,7 @@ def init_app(app: Flask, settings: Settings, *, endpoints: tuple[str, ...]) -> A
             return
         record = current_record()
         # Known before the ban check, so a banned key's audit line still names the key.
-        record.identity = gatekeeper.identify(request.headers, request.remote_addr)
+        record.identity = abuse.gatekeeper.identify(request.headers, request.remote_addr)
         abuse.refuse_if_banned(record.identity)
 
     limit = limiter.limit(lambda: _identity().limit, methods=["POST"])
