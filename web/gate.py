@@ -12,14 +12,7 @@ from flask import Flask, request
 from flask.wrappers import Response
 from flask_limiter import Limiter
 
-from security.abuse import (
-    AbuseControl,
-    BanList,
-    Gatekeeper,
-    Identity,
-    check_limit,
-    load_keys,
-)
+from security.abuse import AbuseControl, BanList, Gatekeeper, Identity, check_limit, load_keys
 from settings import Settings, SettingsError
 from web.request_record import current_record
 

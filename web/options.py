@@ -20,7 +20,7 @@ PARAMETERS = (
     "format",
     "alpha",
     "person_masks",
-    "instances",  # the first name of person_masks, still accepted
+    "instances",  # the former name of person_masks, still accepted
     "mask_format",
     "include_overlay",
     "classes",
