@@ -1,12 +1,12 @@
-"""Security pieces of the service: each module has a core usable without Flask and a thin
-`init_app(app, settings)`. Nothing here imports torch."""
+"""Security pieces of the service, pure cores with no Flask: the web package wires them into
+requests (`web.gate`, `web.request_record`); `headers.init_app` imports Flask when called.
+Nothing here imports torch, Flask or the web package at import time."""
 
 import os
 
 # Nothing in the project imports OpenCV, but a dependency might. OpenCV reads its decode caps
 # once, when cv2 is first imported, and its default pixel cap (2**30) lets a small PNG allocate
-# gigabytes: cap it here, before anything can import cv2 (serving-facts §5.2). An operator's
-# own values win.
+# gigabytes: cap it here, before anything can import cv2. An operator's own values win.
 for _name, _value in {
     "OPENCV_IO_MAX_IMAGE_PIXELS": "40000000",
     "OPENCV_IO_MAX_IMAGE_WIDTH": "65535",

@@ -6,9 +6,8 @@ latency_ms, outcome ("ok" or the error code). Never image content, file names, k
 query strings. The client address is written `full`, `truncated` (IPv4 /24, IPv6 /48) or as a
 keyed `hash` (HMAC-SHA256 with M2FP_AUDIT_HASH_KEY, 16 hex digits), per M2FP_AUDIT_CLIENT.
 
-The core (`client_label`, `AuditLog.emit`) needs no Flask; `init_app` fills a record from the
-request and from what the views left on `flask.g` (`api_key_id`, `bytes_in`, `image_size`,
-`persons`, `error_code`).
+Nothing here knows Flask or the web package: `web.request_record` hands `AuditLog.emit` the
+fields of each request's record once the response is final.
 """
 
 from __future__ import annotations
@@ -20,7 +19,6 @@ import json
 import logging
 import secrets
 import sys
-import time
 from datetime import UTC, datetime
 from typing import Any, TextIO
 
@@ -78,6 +76,11 @@ class AuditLog:
         self.client_mode = client_mode
         # Without a configured key the hash is stable for this process only.
         self._hash_key = hash_key.encode() if hash_key else secrets.token_bytes(32)
+        if client_mode == "hash" and not hash_key:
+            logging.getLogger("security.audit").warning(
+                "M2FP_AUDIT_CLIENT=hash without M2FP_AUDIT_HASH_KEY: client hashes use a random"
+                " key of this process and will not match across workers or restarts"
+            )
         self._logger = audit_logger()
 
     def emit(
@@ -113,42 +116,4 @@ class AuditLog:
         return record
 
 
-def init_app(app: Any, *, client_mode: str, hash_key: str | None) -> AuditLog:
-    """Log every request once, as the last `after_request` step (register this hook first)."""
-    from flask import g, request
-
-    from web.context import request_id
-
-    audit = AuditLog(client_mode=client_mode, hash_key=hash_key)
-    if client_mode == "hash" and not hash_key:
-        logging.getLogger("security.audit").warning(
-            "M2FP_AUDIT_CLIENT=hash without M2FP_AUDIT_HASH_KEY: client hashes use a random key"
-            " of this process and will not match across workers or restarts"
-        )
-
-    @app.after_request
-    def _audit(response: Any) -> Any:
-        if g.get("audited"):  # an after_request hook failed and Flask ran them again
-            return response
-        g.audited = True
-        started = g.get("started", time.perf_counter())
-        audit.emit(
-            request_id=request_id(),
-            client=request.remote_addr,
-            method=request.method,
-            path=request.path,
-            status=response.status_code,
-            latency_s=time.perf_counter() - started,
-            api_key=g.get("api_key_id"),
-            bytes_in=request.content_length or g.get("bytes_in", 0),
-            image_size=g.get("image_size"),
-            persons=g.get("persons"),
-            outcome="ok" if response.status_code < 400 else g.get("error_code", "error"),
-        )
-        return response
-
-    app.extensions["m2fp_audit"] = audit
-    return audit
-
-
-__all__ = ["AuditLog", "CurrentStream", "audit_logger", "client_label", "init_app"]
+__all__ = ["AuditLog", "CurrentStream", "audit_logger", "client_label"]

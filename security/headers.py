@@ -6,8 +6,11 @@ The core, `security_headers(path, mimetype)`, is a pure function; `init_app` app
 
 from __future__ import annotations
 
-from flask import Flask
-from flask.wrappers import Response
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # Flask is needed only by `init_app`, and imported there
+    from flask import Flask
+    from flask.wrappers import Response
 
 # The policies nginx sends on its own responses too: one source for both.
 from http_contract import API_CSP, PAGE_CSP, permissions_policy

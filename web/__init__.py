@@ -1,8 +1,7 @@
 """The Flask side of the service: blueprints, the error mapping, metrics, the model runtime.
 
 `app.create_app` calls `init_app` once; everything it builds lives in `app.extensions`:
-`m2fp` (the engine), `m2fp_service`, `m2fp_settings`, `m2fp_abuse`, `m2fp_audit`,
-`m2fp_metrics_allow`.
+`m2fp` (the engine), `m2fp_service`, `m2fp_settings`, `m2fp_abuse`, `m2fp_metrics_allow`.
 """
 
 from __future__ import annotations
@@ -11,16 +10,17 @@ import logging
 import time
 from typing import Any
 
-from flask import Flask, g, request
+from flask import Flask, request
 from flask.wrappers import Response
 from werkzeug.middleware.proxy_fix import ProxyFix
 
-from security import audit, headers, rate_limit
+from security import audit, headers
 from security.uploads import UploadPolicy
 from settings import Settings
-from web import context, errors
+from web import context, errors, gate, request_record
 from web.metrics import NetworkAllowList, ServiceMetrics
 from web.overload import MemoryGuard, default_probe
+from web.request_record import current_record
 from web.runtime import ModelRuntime, build_engine
 from web.service import ParseService
 
@@ -52,16 +52,18 @@ def init_app(app: Flask, settings: Settings, *, engine: Any = None, model: Any =
         app.wsgi_app = ProxyFix(  # type: ignore[method-assign]
             app.wsgi_app, x_for=settings.trusted_proxies, x_proto=settings.trusted_proxies
         )
-    # after_request hooks run in reverse order: the audit line, registered first, comes last.
     context.init_app(app)
-    audit.init_app(app, client_mode=settings.audit_client, hash_key=settings.audit_hash_key)
+    # after_request hooks run in reverse order: the audit line, registered first, comes last.
+    request_record.init_app(
+        app, audit.AuditLog(client_mode=settings.audit_client, hash_key=settings.audit_hash_key)
+    )
     metrics = ServiceMetrics()
     _count_requests(app, metrics)
     headers.init_app(app, cors_origins=settings.cors_origins)
     errors.init_app(app)
     for blueprint in (api.bp, ops.bp, pages.bp):
         app.register_blueprint(blueprint)
-    rate_limit.init_app(app, settings, endpoints=PROTECTED_ENDPOINTS)
+    abuse = gate.init_app(app, settings, endpoints=PROTECTED_ENDPOINTS)
 
     limit = int(settings.memory_limit_mb * 1024 * 1024) if settings.memory_limit_mb else None
     if engine is None:
@@ -72,6 +74,7 @@ def init_app(app: Flask, settings: Settings, *, engine: Any = None, model: Any =
         policy=UploadPolicy.from_settings(settings),
         memory=MemoryGuard(settings.memory_shed_fraction, default_probe(limit)),
         metrics=metrics,
+        bans=abuse.bans,
     )
     metrics.bind(
         queue_depth=lambda: engine.queue_depth,
@@ -92,10 +95,10 @@ def _count_requests(app: Flask, metrics: ServiceMetrics) -> None:
     def _count(response: Response) -> Response:
         route = request.url_rule.rule if request.url_rule is not None else "<unmatched>"
         metrics.requests.labels(route, request.method, str(response.status_code)).inc()
-        started = g.get("started", time.perf_counter())
-        metrics.latency.labels(route).observe(time.perf_counter() - started)
+        record = current_record()
+        metrics.latency.labels(route).observe(time.perf_counter() - record.started)
         if response.status_code >= 400:
-            metrics.rejections.labels(g.get("error_code", f"http_{response.status_code}")).inc()
+            metrics.rejections.labels(record.error_code or f"http_{response.status_code}").inc()
         return response
 
 

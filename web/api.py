@@ -9,15 +9,15 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from flask import Blueprint, Response, current_app, g, jsonify, request
+from flask import Blueprint, Response, current_app, jsonify, request
 
 from m2fp import render
 from m2fp.export import result_to_json
 from m2fp.labels import class_table
-from web.context import request_id
 from web.inputs import read_upload
 from web.openapi import openapi_document
 from web.options import ParseOptions, parse_options
+from web.request_record import current_record
 from web.service import ParseService
 
 bp = Blueprint("api", __name__, url_prefix="/api/v1")
@@ -29,17 +29,17 @@ def _service() -> ParseService:
 
 @bp.post("/parse")
 def parse() -> Response:
-    service = _service()
+    service, record = _service(), current_record()
     options = parse_options(request.args.to_dict(flat=False), request.accept_mimetypes)
     service.admit()
     upload = read_upload(request, max_bytes=service.policy.max_bytes)
-    g.bytes_in = len(upload.data)
+    record.bytes_in = len(upload.data)
     started = time.perf_counter()
-    decoded = service.decode(upload)
-    g.image_size = decoded.original_size
+    decoded = service.decode(upload, record.identity)
+    record.image_size = decoded.original_size
     decoded_at = time.perf_counter()
     result, queued = service.infer(decoded.pixels)
-    g.persons = len(result.persons)
+    record.persons = len(result.persons)
     inferred_at = time.perf_counter()
     response = _render(result, decoded.pixels, options)
     rendered_at = time.perf_counter()
@@ -50,9 +50,9 @@ def parse() -> Response:
             "queue": queued,
             "inference": inferred_at - decoded_at,
             "render": rendered_at - inferred_at,
-            "total": rendered_at - g.started,
+            "total": rendered_at - record.started,
         }
-        body = {"request_id": request_id(), **response, "timing_ms": _ms(timing)}
+        body = {"request_id": record.request_id, **response, "timing_ms": _ms(timing)}
         out = jsonify(body)
     else:
         out = Response(response, mimetype=options.media_type)
@@ -69,7 +69,7 @@ def _render(result: Any, pixels: Any, options: ParseOptions) -> Any:
         return result_to_json(
             result,
             pixels,
-            instances=options.instances,
+            instances=options.person_masks,
             mask_format=options.mask_format,
             include_overlay=options.include_overlay,
             alpha=options.alpha,

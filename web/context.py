@@ -1,4 +1,4 @@
-"""The request object of the service: uploads stay in memory, every request has an id.
+"""The request object of the service: uploads stay in memory.
 
 Werkzeug spools any multipart file part over 500 KB into an anonymous file in /tmp
 (`formparser.default_stream_factory`); `InMemoryRequest` hands it a `BytesIO` instead. That is
@@ -8,21 +8,13 @@ safe only because `MAX_CONTENT_LENGTH` bounds the body, which `flask_config` alw
 from __future__ import annotations
 
 import io
-import re
-import time
-import uuid
 from typing import IO
 
-from flask import Flask, Request, g, request
-from flask.wrappers import Response
+from flask import Flask, Request
 
 from http_contract import FORM_OVERHEAD, json_body_allowance
 from settings import Settings
 
-REQUEST_ID_HEADER = "X-Request-ID"
-# What nginx's $request_id (32 hex digits), UUIDs and most tracing ids look like; anything else
-# (too long, spaces, control characters that could forge log lines) is replaced by our own id.
-_SANE_REQUEST_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,127}")
 # Non-file form fields (never needed here) are held in memory up to this size, 413 above.
 # Werkzeug's multipart decoder also checks its carry-over buffer plus each 64 KiB read
 # against it, so a value near 64 KiB rejects valid file uploads depending on where a CR or LF
@@ -55,28 +47,10 @@ def flask_config(settings: Settings) -> dict[str, object]:
     }
 
 
-def request_id() -> str:
-    """The id of the current request (set by the first hook; made here if that never ran)."""
-    if "request_id" not in g:
-        g.request_id = uuid.uuid4().hex
-    return g.request_id
-
-
 def init_app(app: Flask) -> None:
-    """Use `InMemoryRequest`, give each request an id and a start time, echo the id back."""
+    """Use `InMemoryRequest`; keep the documented field order of the JSON results."""
     app.request_class = InMemoryRequest
-    app.json.sort_keys = False  # keep the documented field order of the JSON results
-
-    @app.before_request
-    def _start() -> None:
-        g.started = time.perf_counter()
-        incoming = request.headers.get(REQUEST_ID_HEADER, "")
-        g.request_id = incoming if _SANE_REQUEST_ID.fullmatch(incoming) else uuid.uuid4().hex
-
-    @app.after_request
-    def _echo_id(response: Response) -> Response:
-        response.headers[REQUEST_ID_HEADER] = request_id()
-        return response
+    app.json.sort_keys = False
 
 
 __all__ = [
@@ -84,5 +58,4 @@ __all__ = [
     "flask_config",
     "init_app",
     "json_body_allowance",
-    "request_id",
 ]

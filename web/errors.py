@@ -9,16 +9,15 @@ carrying only the request id while the traceback goes to the operator log (stder
 from __future__ import annotations
 
 import logging
-from typing import Any
 
-from flask import Flask, g, jsonify
+from flask import Flask, jsonify
 from flask.wrappers import Response
 from limits.errors import StorageError
 from werkzeug.exceptions import HTTPException
 
 from http_contract import ERRORS
 from security.errors import ServiceError, Unavailable
-from web.context import request_id
+from web.request_record import current_record
 
 log = logging.getLogger("m2fp.service")
 
@@ -32,14 +31,16 @@ _HTTP_CODES: dict[int, tuple[str, str]] = {
 def error_response(
     status: int, code: str, message: str, *, retry_after: int | None = None
 ) -> Response:
-    """The JSON error response; remembers the code for the audit log and the metrics."""
-    g.error_code = code
-    body: dict[str, Any] = {"error": {"code": code, "message": message, "request_id": request_id()}}
-    response = jsonify(body)
+    """The JSON error response; the request record keeps the code for the audit log and the
+    metrics, and the Retry-After for the abuse gate."""
+    record = current_record()
+    record.error_code = code
+    error = {"code": code, "message": message, "request_id": record.request_id}
+    response = jsonify({"error": error})
     response.status_code = status
     if retry_after is not None:
-        g.retry_after = max(1, int(retry_after))
-        response.headers["Retry-After"] = str(g.retry_after)
+        record.retry_after = max(1, int(retry_after))
+        response.headers["Retry-After"] = str(record.retry_after)
     return response
 
 
@@ -69,7 +70,7 @@ def _storage_down(exc: StorageError) -> Response:
 
 def _unexpected(exc: Exception) -> Response:
     # The traceback (no local variables) goes to the operator log; the client sees the id only.
-    log.error("unhandled error in request %s", request_id(), exc_info=exc)
+    log.error("unhandled error in request %s", current_record().request_id, exc_info=exc)
     return error_response(500, "internal_error", _HTTP_CODES[500][1])
 
 

@@ -22,10 +22,6 @@ from prometheus_client import (
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
-# Per request: decode (validation + decode), resize (to the model's input size), queue (waiting
-# for the engine's batch thread), inference (the forward and post-processing of the batch the
-# image ran in), render. m2fp_batch_duration_seconds counts the inference once per batch.
-STAGES = ("decode", "resize", "queue", "inference", "render")
 
 
 class ServiceMetrics:
@@ -127,4 +123,4 @@ class NetworkAllowList:
         return any(ip in network for network in self.networks)
 
 
-__all__ = ["STAGES", "NetworkAllowList", "ServiceMetrics"]
+__all__ = ["NetworkAllowList", "ServiceMetrics"]

@@ -120,10 +120,19 @@ def _parse_operation(max_bytes: int) -> dict[str, Any]:
                 {"type": "number", "minimum": 0, "maximum": 1, "default": DEFAULT_ALPHA},
             ),
             _query(
-                "instances",
-                "Per-person masks in the JSON.",
+                "person_masks",
+                "Each person's mask in the JSON (without it persons keep id, score, bbox and"
+                " parts).",
                 {"type": "boolean", "default": True},
             ),
+            {
+                **_query(
+                    "instances",
+                    "The former name of `person_masks`, still accepted (not both).",
+                    {"type": "boolean", "default": True},
+                ),
+                "deprecated": True,
+            },
             _query(
                 "mask_format",
                 "Encoding of per-person masks: COCO compressed RLE or base64 PNG.",

@@ -22,8 +22,8 @@ def healthz() -> Response:
 @bp.get("/readyz")
 def readyz() -> Response:
     """200 when a parse would be accepted now: model loaded and warmed up, memory below the
-    shedding threshold, rate-limit storage reachable. The reason for a 503 is in the operator
-    log, not here."""
+    shedding threshold, rate-limit storage reachable. A 503's message names the check that
+    failed, never its details (why a model failed to load is in the operator log)."""
     service = current_app.extensions["m2fp_service"]
     if service.runtime.state == FAILED:
         raise NotReady("The model is not available.", retry_after=RETRY_NOT_READY)

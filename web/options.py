@@ -19,7 +19,8 @@ PARAMETERS = (
     "output",
     "format",
     "alpha",
-    "instances",
+    "person_masks",
+    "instances",  # the former name of person_masks, still accepted
     "mask_format",
     "include_overlay",
     "classes",
@@ -34,7 +35,7 @@ class ParseOptions:
     output: str = "json"  # overlay | json | cutout
     format: str = "png"  # png | webp, for overlay and cutout
     alpha: float = DEFAULT_ALPHA
-    instances: bool = True
+    person_masks: bool = True  # each person's mask in the JSON
     mask_format: str = "rle"
     include_overlay: bool = False
     classes: tuple[int, ...] | None = None  # None: every class (overlay), all parts (cutout)
@@ -83,6 +84,9 @@ def parse_options(
         output = _choice("output", values["output"], OUTPUTS)
     if "format" in values:
         fmt = _choice("format", values["format"], IMAGE_FORMATS)
+    if "person_masks" in values and "instances" in values:
+        raise BadRequest("Give person_masks or its former name instances, not both.")
+    masks_name = "instances" if "instances" in values else "person_masks"
     classes = _classes(values["classes"]) if "classes" in values else None
     if output == "cutout" and classes is None:
         classes = tuple(range(1, NUM_CLASSES))  # every part of every person
@@ -90,7 +94,7 @@ def parse_options(
         output=output,
         format=fmt,
         alpha=_alpha(values["alpha"]) if "alpha" in values else DEFAULT_ALPHA,
-        instances=_flag("instances", values.get("instances"), True),
+        person_masks=_flag(masks_name, values.get(masks_name), True),
         mask_format=_choice("mask_format", values.get("mask_format", "rle"), MASK_FORMATS),
         include_overlay=_flag("include_overlay", values.get("include_overlay"), False),
         classes=classes,

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from m2fp.engine import EngineNotReady, QueueFull
-from security import rate_limit
+from security.abuse import BanList, Identity
 from security.errors import (
     NotReady,
     Overloaded,
@@ -38,6 +38,7 @@ class ParseService:
     policy: UploadPolicy
     memory: MemoryGuard
     metrics: ServiceMetrics
+    bans: BanList
 
     @property
     def engine(self) -> Any:
@@ -52,8 +53,9 @@ class ParseService:
                 "The server is low on memory; try again shortly.", retry_after=RETRY_OVERLOADED
             )
 
-    def decode(self, upload: Upload) -> DecodedImage:
-        """`security.uploads.load_upload`; each rejection counts towards a ban."""
+    def decode(self, upload: Upload, identity: Identity | None) -> DecodedImage:
+        """`security.uploads.load_upload`; each rejection counts towards a ban of `identity`
+        (None: a request the abuse gate did not identify, which earns no strike)."""
         started = time.perf_counter()
         try:
             return load_upload(
@@ -64,7 +66,8 @@ class ParseService:
             )
         except (UnsupportedMediaType, UnprocessableImage, PayloadTooLarge):
             # The byte cap was checked before; a 413 from here is the pixel cap.
-            rate_limit.record_invalid_upload()
+            if identity is not None:
+                self.bans.strike(identity.subject)
             raise
         finally:
             self.metrics.stage.labels("decode").observe(time.perf_counter() - started)

@@ -10,9 +10,9 @@ import time
 import pytest
 from limits.storage import storage_from_string
 
+from security.abuse import BanList, client_bucket, presented_key
 from security.api_keys import hash_key, new_key
 from security.errors import BadRequest
-from security.rate_limit import BanList, client_bucket, presented_key
 from tests.support import images
 from tests.support.servers import RedisServer
 

@@ -319,6 +319,7 @@ def test_cutout_is_opaque_exactly_on_the_classes(client):
         "alpha=nan",
         "alpha=half",
         "instances=maybe",
+        "person_masks=maybe",
         "mask_format=svg",
         "include_overlay=perhaps",
         "classes=20",
@@ -372,18 +373,26 @@ def test_json_result_shape(client):
     assert r.headers["Cache-Control"] == "no-store"
 
 
-def test_json_masks_png_overlay_and_no_instances(client):
-    q = "?output=json&mask_format=png&include_overlay=true&alpha=0.3"
+@pytest.mark.parametrize("masks", ["person_masks", "instances"])  # the name, the former name
+def test_json_masks_png_overlay_and_no_person_masks(client, masks):
+    q = f"?output=json&mask_format=png&include_overlay=true&alpha=0.3&{masks}=true"
     body = client.post(PARSE + q, data=images.png(), content_type="image/png").get_json()
     mask = images.decode(base64.b64decode(body["persons"][0]["mask"]["data"]))
     assert mask.size == (128, 96)
     overlay = images.decode(base64.b64decode(body["overlay"]["data"]))
     assert overlay.size == (128, 96)
     body = client.post(
-        PARSE + "?output=json&instances=false", data=images.png(), content_type="image/png"
+        PARSE + f"?output=json&{masks}=false", data=images.png(), content_type="image/png"
     ).get_json()
     assert body["persons"] and all("mask" not in p for p in body["persons"])
     assert "overlay" not in body
+
+
+def test_person_masks_and_its_former_name_together_are_400(client):
+    for query in ("person_masks=true&instances=false", "instances=true&person_masks=true"):
+        r = client.post(f"{PARSE}?output=json&{query}", data=images.png(), content_type="image/png")
+        message = assert_error(r, 400, "bad_request")["message"]
+        assert "person_masks" in message and "instances" in message
 
 
 def test_classes_legend(client):

@@ -57,7 +57,12 @@ def _validator(document: dict, name: str) -> OAS31Validator:
 
 @pytest.mark.parametrize(
     "query",
-    ["output=json", "output=json&mask_format=png&include_overlay=true", "instances=false"],
+    [
+        "output=json",
+        "output=json&mask_format=png&include_overlay=true",
+        "instances=false",
+        "person_masks=false",
+    ],
 )
 def test_real_responses_match_their_schemas(client, query):
     document = client.get("/api/v1/openapi.json").get_json()

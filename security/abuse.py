@@ -1,4 +1,5 @@
-"""Abuse control for the parse endpoint: API keys, rate limits (flask-limiter) and bans.
+"""Abuse control for the parse endpoint: API keys, rate limits and bans (no Flask here: the
+hooks and flask-limiter are wired in `web.gate`).
 
 Who a request is (`Identity`): the API key's id when the client presents a valid key, else the
 client address (IPv6 by /64, the block one host usually owns). The address is `remote_addr`
@@ -160,7 +161,8 @@ def check_limit(name: str, value: str) -> str:
 
 
 class AbuseControl:
-    """The limiter, the gatekeeper and the ban list of one app (`app.extensions`)."""
+    """The limiter (flask-limiter's, made by `web.gate`), the gatekeeper and the ban list of
+    one app (`app.extensions["m2fp_abuse"]`)."""
 
     def __init__(self, limiter: Any, gatekeeper: Gatekeeper, bans: BanList) -> None:
         self.limiter, self.gatekeeper, self.bans = limiter, gatekeeper, bans
@@ -169,85 +171,11 @@ class AbuseControl:
     def storage(self) -> Storage:
         return self.limiter.storage
 
-
-def init_app(app: Any, settings: Settings, *, endpoints: tuple[str, ...]) -> AbuseControl:
-    """Protect `endpoints` (already registered): identity and ban check before the view, the
-    rate limit around it. Other routes (health, readiness, metrics, pages) are never limited."""
-    from flask import g, request
-    from flask_limiter import Limiter
-
-    check_limit("M2FP_RATE_LIMIT", settings.rate_limit)
-    gatekeeper = Gatekeeper(
-        default_limit=settings.rate_limit,
-        keys=load_keys(settings),
-        keys_required=settings.api_keys_required,
-    )
-    limiter = Limiter(
-        lambda: g.identity.subject,
-        storage_uri=settings.ratelimit_storage,
-        storage_options={"wrap_exceptions": True},
-        strategy="moving-window",
-        headers_enabled=True,
-        key_prefix="m2fp",
-        swallow_errors=False,
-    )
-    # flask-limiter puts Retry-After on every response of a limited route and raises any
-    # existing one to its own window reset. Registered before it, this hook runs after it.
-    app.after_request(_own_retry_after)
-    try:
-        limiter.init_app(app)
-    except Exception as exc:  # limits' ConfigurationError, redis URL errors...
-        raise SettingsError(f"M2FP_RATELIMIT_STORAGE: {exc}") from None
-    abuse = AbuseControl(
-        limiter,
-        gatekeeper,
-        BanList(
-            limiter.storage,
-            after=settings.ban_after,
-            window_s=settings.ban_window_seconds,
-            ban_s=settings.ban_seconds,
-        ),
-    )
-
-    @app.before_request
-    def _gate() -> None:
-        if request.endpoint not in endpoints or request.method == "OPTIONS":
-            return
-        identity = gatekeeper.identify(request.headers, request.remote_addr)
-        g.identity = identity
-        g.api_key_id = identity.api_key_id
-        retry = abuse.bans.retry_after(identity.subject)
+    def refuse_if_banned(self, identity: Identity) -> None:
+        """Raises Banned (429, Retry-After: the rest of the ban) while `identity` is banned."""
+        retry = self.bans.retry_after(identity.subject)
         if retry is not None:
             raise Banned(retry_after=retry)
-
-    limit = limiter.limit(lambda: g.identity.limit, methods=["POST"])
-    for endpoint in endpoints:
-        app.view_functions[endpoint] = limit(app.view_functions[endpoint])
-    app.extensions["m2fp_abuse"] = abuse
-    return abuse
-
-
-def _own_retry_after(response: Any) -> Any:
-    """Retry-After only where it means something: the service's own 429/503 keep their value,
-    the limiter's 429 keeps the limiter's, every other response has none."""
-    from flask import g
-
-    own = g.get("retry_after")
-    if own is not None:
-        response.headers["Retry-After"] = str(own)
-    elif g.get("error_code") != "rate_limited":
-        response.headers.pop("Retry-After", None)
-    return response
-
-
-def record_invalid_upload() -> bool:
-    """Count an invalid upload against the current request's subject; True if now banned."""
-    from flask import current_app, g
-
-    identity = g.get("identity")
-    if identity is None:
-        return False
-    return current_app.extensions["m2fp_abuse"].bans.strike(identity.subject)
 
 
 __all__ = [
@@ -255,8 +183,8 @@ __all__ = [
     "BanList",
     "Gatekeeper",
     "Identity",
+    "check_limit",
     "client_bucket",
-    "init_app",
+    "load_keys",
     "presented_key",
-    "record_invalid_upload",
 ]
