@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import contextlib
 import http.server
-import io
 import json
 import os
 import ssl
@@ -17,11 +16,11 @@ import time
 from collections.abc import Iterator
 
 import pytest
-from PIL import Image
 
 from m2fp_client import Client, ClientError, ConnectionFailed, ServiceError
 from m2fp_client.client import _retry_after, sniff_image_type
-from tests.support.deploy import make_dev_cert
+from tests.support import images
+from tests.support.edge import make_dev_cert
 from tests.support.paths import REPO
 
 pytestmark = pytest.mark.deploy
@@ -96,9 +95,7 @@ def server(tls):
 
 @pytest.fixture(scope="module")
 def photo() -> bytes:
-    out = io.BytesIO()
-    Image.new("RGB", (32, 24), (200, 120, 40)).save(out, "JPEG")
-    return out.getvalue()
+    return images.jpeg(32, 24)
 
 
 def client_for(server, tls, **kwargs) -> Client:

@@ -10,7 +10,6 @@ changes none of their behaviour.
 from __future__ import annotations
 
 import base64
-import io
 import json
 import threading
 import time
@@ -20,9 +19,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image, ImageDraw
 from werkzeug.serving import make_server
 
+from tests.support import images
 from tests.support.paths import REPO
 
 SCREENSHOTS = REPO / "artifacts" / "screenshots"
@@ -136,34 +135,6 @@ def serve(app) -> Iterator[LiveServer]:
 def close_app(app) -> None:
     """Stop the engine's batch thread (the app owns it)."""
     app.extensions["m2fp"].close()
-
-
-# ---- images --------------------------------------------------------------------------------
-
-
-def photo(width: int = 320, height: int = 240, fmt: str = "PNG") -> bytes:
-    """A made-up 'photo': a sky gradient and two figures, encoded in memory."""
-    image = Image.new("RGB", (width, height))
-    draw = ImageDraw.Draw(image)
-    for y in range(height):
-        draw.line([(0, y), (width, y)], fill=(200 - y * 60 // height, 210, 230 - y * 50 // height))
-    for cx, colour in ((0.33, (60, 90, 160)), (0.68, (170, 70, 60))):
-        x = cx * width
-        draw.ellipse(
-            [x - 0.07 * height, 0.14 * height, x + 0.07 * height, 0.34 * height],
-            fill=(225, 180, 150),
-        )
-        draw.rounded_rectangle(
-            [x - 0.12 * height, 0.36 * height, x + 0.12 * height, 0.92 * height], 8, fill=colour
-        )
-    out = io.BytesIO()
-    image.save(out, fmt)
-    return out.getvalue()
-
-
-def png_array(data: bytes) -> np.ndarray:
-    with Image.open(io.BytesIO(data)) as image:
-        return np.asarray(image).copy()
 
 
 # ---- the browser ---------------------------------------------------------------------------
@@ -342,7 +313,7 @@ def shoot(page, name: str) -> Path:
 
 
 def decode_label_map(answer: dict) -> np.ndarray:
-    return png_array(base64.b64decode(answer["label_map"]["data"]))
+    return images.decode_array(base64.b64decode(answer["label_map"]["data"]))
 
 
 def parse_json(text: str) -> dict:
