@@ -11,7 +11,6 @@ import os
 import ssl
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Iterator
 
@@ -22,6 +21,7 @@ from m2fp_client.client import _retry_after, sniff_image_type
 from tests.support import images
 from tests.support.edge import make_dev_cert
 from tests.support.paths import REPO
+from tests.support.servers import serving
 
 pytestmark = pytest.mark.deploy
 PNG_OUT = b"\x89PNG\r\n\x1a\n-overlay"
@@ -78,13 +78,8 @@ def scripted_https(tls) -> Iterator[_ScriptedServer]:
     ctx.load_cert_chain(tls.cert, tls.key)
     server.socket = ctx.wrap_socket(server.socket, server_side=True)
     server.script, server.seen = [], []
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
+    with serving(server):
         yield server
-    finally:
-        server.shutdown()
-        server.server_close()
 
 
 @pytest.fixture()

@@ -19,7 +19,6 @@ import signal
 import socket
 import ssl
 import subprocess
-import threading
 import time
 import warnings
 from collections.abc import Iterable, Iterator, Sequence
@@ -28,7 +27,7 @@ from pathlib import Path
 
 from nginx.render import TEMP_SUBDIRS, NginxOptions, security_headers, write_config
 from tests.support.paths import REPO
-from tests.support.servers import free_port, wait_for_port
+from tests.support.servers import free_port, serving, wait_for_port
 
 NGINX = "/usr/sbin/nginx"
 
@@ -137,13 +136,8 @@ def echo_upstream() -> Iterator[_EchoServer]:
     nginx): it reports what nginx forwarded."""
     server = _EchoServer(("127.0.0.1", 0), _EchoHandler)
     server.requests = []
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
+    with serving(server):
         yield server
-    finally:
-        server.shutdown()
-        server.server_close()
 
 
 # -- nginx --------------------------------------------------------------------------------------

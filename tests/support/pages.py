@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import base64
 import json
-import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +23,7 @@ from werkzeug.serving import make_server
 
 from tests.support import images
 from tests.support.paths import REPO
+from tests.support.servers import serving
 
 SCREENSHOTS = REPO / "artifacts" / "screenshots"
 CHROMIUM = "/usr/bin/chromium"
@@ -87,15 +88,12 @@ def make_app(model_dir: Path, **settings: Any):
     return create_app({**BASE_SETTINGS, "model_dir": Path(model_dir), **settings})
 
 
+@dataclass(frozen=True)
 class LiveServer:
-    """A WSGI app served by werkzeug in a thread on 127.0.0.1, on a free port."""
+    """A WSGI app served by werkzeug in a thread on 127.0.0.1, on a free port (`serve`)."""
 
-    def __init__(self, app) -> None:
-        self.app = app
-        self._server = make_server("127.0.0.1", 0, app, threaded=True)
-        self.url = f"http://127.0.0.1:{self._server.server_port}"
-        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
-        self._thread.start()
+    app: Any
+    url: str
 
     def wait_ready(self, timeout: float = 60.0) -> None:
         """Poll /readyz until the model is loaded."""
@@ -114,21 +112,16 @@ class LiveServer:
                 raise TimeoutError(f"{self.url}/readyz never answered 200")
             time.sleep(0.1)
 
-    def close(self) -> None:
-        self._server.shutdown()
-        self._server.server_close()
-        self._thread.join(timeout=10)
-
 
 @contextmanager
 def serve(app) -> Iterator[LiveServer]:
     """Serve `app` until the block ends, then stop the server and the app's engine."""
-    server = LiveServer(app)
     try:
-        server.wait_ready()
-        yield server
+        with serving(make_server("127.0.0.1", 0, app, threaded=True)) as server:
+            live = LiveServer(app, f"http://127.0.0.1:{server.server_port}")
+            live.wait_ready()
+            yield live
     finally:
-        server.close()
         close_app(app)
 
 

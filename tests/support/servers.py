@@ -11,12 +11,14 @@ import os
 import re
 import signal
 import socket
+import socketserver
 import subprocess
 import sys
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import TypeVar
 
 import psutil
 import requests
@@ -25,6 +27,7 @@ from tests.support.paths import REPO
 
 GUNICORN = [sys.executable, "-m", "gunicorn"]
 _LISTENING = re.compile(r"Listening at: http://127\.0\.0\.1:(\d+)")
+S = TypeVar("S", bound=socketserver.BaseServer)
 
 
 def gunicorn_command(
@@ -215,6 +218,20 @@ class Gunicorn:
                 self.process.wait(10)
         for reader in self._readers:
             reader.join(5)
+
+
+@contextlib.contextmanager
+def serving(server: S) -> Iterator[S]:
+    """`server` (a `socketserver` server, already bound) answering from a daemon thread until
+    the block ends; then shut down and closed."""
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield server
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=10)
 
 
 def free_port() -> int:
