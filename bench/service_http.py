@@ -21,8 +21,8 @@ import requests
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from tests.service import images  # noqa: E402
-from tests.service.servers import Gunicorn  # noqa: E402
+from tests.support import images  # noqa: E402
+from tests.support.servers import Gunicorn  # noqa: E402
 
 PARSE = "/api/v1/parse"
 
@@ -74,9 +74,9 @@ def main() -> None:
         rss_before = peak_rss_mb(worker)
         cases = [
             (
-                f"PNG bomb 30000x30000 ({len(images.bomb_png())} B) -> 413",
+                f"PNG bomb 30000x30000 ({len(images.png_bomb())} B) -> 413",
                 413,
-                {"data": images.bomb_png(), **png},
+                {"data": images.png_bomb(), **png},
             ),
             ("truncated JPEG -> 422", 422, {"data": images.truncated_jpeg(), **jpeg}),
             ("text as PNG -> 415", 415, {"data": images.TEXT, **png}),

@@ -27,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from security import uploads  # noqa: E402
 from security.errors import ServiceError  # noqa: E402
 from security.uploads import UploadPolicy, check_upload, load_upload  # noqa: E402
-from tests import upload_samples as samples  # noqa: E402
+from tests.support import images as samples  # noqa: E402
 
 
 def _peak_rss_mb() -> float:

@@ -16,26 +16,26 @@ import subprocess
 import sys
 import time
 
-import numpy as np
 import psutil
 import pytest
 from PIL import Image
 
 from m2fp_client import Client
 from nginx.render import max_body_bytes_for
-from tests.support.deploy import (
-    REPO,
+from tests.support import images
+from tests.support.edge import (
     SPILL,
     assert_json_error,
     assert_security_headers,
-    disk_watch,
     make_dev_cert,
     post,
     request,
     slow_request,
-    start_app,
     start_nginx,
 )
+from tests.support.fswatch import disk_watch
+from tests.support.paths import REPO
+from tests.support.servers import Gunicorn
 
 pytestmark = [pytest.mark.deploy, pytest.mark.slow]
 
@@ -54,16 +54,16 @@ def tls(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def app(tmp_path_factory, tiny_model_dir):
-    server = start_app(
-        tmp_path_factory.mktemp("app"),
-        tiny_model_dir,
+    server = Gunicorn(
         {
+            "M2FP_MODEL_DIR": str(tiny_model_dir),
             "M2FP_TRUSTED_PROXIES": "1",
             "M2FP_AUDIT_CLIENT": "full",
             "M2FP_MAX_UPLOAD_MB": str(MAX_UPLOAD_MB),
             "M2FP_RATE_LIMIT": f"{APP_LIMIT} per minute",
             "M2FP_BAN_AFTER": "1000",
         },
+        log_dir=tmp_path_factory.mktemp("app"),
     )
     yield server
     server.stop()
@@ -82,21 +82,6 @@ def edge(tmp_path_factory, tls, app, monkeypatch_module):
 def monkeypatch_module():
     with pytest.MonkeyPatch.context() as patch:
         yield patch
-
-
-def jpeg(
-    width: int, height: int, *, noise: bool = False, seed: int = 0, quality: int = 90
-) -> bytes:
-    rng = np.random.default_rng(seed)
-    if noise:
-        pixels = rng.integers(0, 256, (height, width, 3), dtype=np.uint8)
-    else:
-        y, x = np.mgrid[0:height, 0:width]
-        pixels = np.stack([x * 255 // width, y * 255 // height, (x + y) % 256], -1)
-        pixels = pixels.astype(np.uint8)
-    out = io.BytesIO()
-    Image.fromarray(pixels).save(out, "JPEG", quality=quality)
-    return out.getvalue()
 
 
 def audit_entry(app, request_id: str, timeout: float = 5.0) -> dict | None:
@@ -190,10 +175,9 @@ def test_uploads_at_the_cap_and_a_large_result_to_a_slow_reader_write_nothing(
     """The privacy promise across nginx and gunicorn: fatrace (every filesystem, by process
     id) while the app takes JSON uploads of exactly the cap (Content-Length and chunked) and
     sends an ~8 MB overlay to a client that reads slowly. Only the logs may be written."""
-    body = json_body_at_cap(jpeg(160, 120))
-    noisy = jpeg(
-        1800, 1800, noise=True, quality=70
-    )  # its overlay PNG is as incompressible as the noise
+    body = json_body_at_cap(images.jpeg(160, 120))
+    # its overlay PNG is as incompressible as the noise
+    noisy = images.encode(images.noise(1800, 1800), "JPEG", quality=70)
     assert len(noisy) < UPLOAD_BYTES
     before = len(edge.errors())
     pids = edge.pids() | app.pids()
@@ -218,7 +202,7 @@ def test_uploads_at_the_cap_and_a_large_result_to_a_slow_reader_write_nothing(
         assert received > 6 * 1024 * 1024  # well over nginx's 4 MiB of response buffers
     log = edge.errors()[before:]
     assert not SPILL.search(log), log
-    allowed = [edge.access_log, edge.error_log, app.stdout, app.stderr]
+    allowed = [edge.access_log, edge.error_log, app.stdout_path, app.stderr_path]
     assert watch.writes(pids, allowed=allowed) == []
     assert watch.dir_events == []
     for path in edge.temp_paths():
@@ -226,7 +210,7 @@ def test_uploads_at_the_cap_and_a_large_result_to_a_slow_reader_write_nothing(
     # the watch saw both servers write where they should: their logs
     seen = {(pid in edge.pids(), path) for _, pid, flags, path in watch.events if "W" in flags}
     assert (True, str(edge.access_log)) in seen
-    assert any(path == str(app.stdout) for _, pid, flags, path in watch.events if pid in pids)
+    assert any(path == str(app.stdout_path) for _, pid, flags, path in watch.events if pid in pids)
 
 
 # -- limits and the client's address ------------------------------------------------------------
@@ -235,7 +219,7 @@ def test_uploads_at_the_cap_and_a_large_result_to_a_slow_reader_write_nothing(
 def test_the_app_limits_and_logs_the_real_client_not_a_forwarded_header(edge, tls, app):
     """Two clients (two loopback addresses) both claim X-Forwarded-For: 9.9.9.9. The app
     counts and logs each by the address nginx saw: the first runs out, the second does not."""
-    image = jpeg(64, 48)
+    image = images.jpeg(64, 48)
     headers = {"Content-Type": "image/jpeg", "X-Forwarded-For": "9.9.9.9"}
     statuses = []
     for _ in range(APP_LIMIT + 1):
@@ -253,7 +237,7 @@ def test_the_app_limits_and_logs_the_real_client_not_a_forwarded_header(edge, tl
     assert status == 200
     entry = audit_entry(app, other_headers["X-Request-ID"])
     assert entry is not None and entry["client"] == "127.0.0.41"
-    assert "9.9.9.9" not in app.stdout.read_text()
+    assert "9.9.9.9" not in app.logs()
 
 
 def test_edge_limit_answers_json_429_with_retry_after_before_the_app(tmp_path, tls, app):
@@ -276,7 +260,7 @@ def test_edge_limit_answers_json_429_with_retry_after_before_the_app(tmp_path, t
 
 def test_python_client_and_cli_through_nginx_with_the_dev_ca(edge, tls, tmp_path):
     client = Client(f"https://localhost:{edge.https_port}", ca_bundle=tls.ca)
-    photo = jpeg(96, 64, seed=3)
+    photo = images.jpeg(96, 64, seed=3)
     overlay = Image.open(io.BytesIO(client.parse(photo, alpha=0.5)))
     assert overlay.format == "PNG" and overlay.size == (96, 64)
     assert len(client.classes()) == 20
@@ -313,11 +297,14 @@ def test_both_serve_a_parse_on_a_read_only_root(tmp_path, tls, tiny_model_dir):
     with bubblewrap: the whole filesystem read-only, plus the app's /dev/shm (gunicorn's
     heartbeat) and nginx's runtime directory (the edge's /run/nginx tmpfs)."""
     base = ["bwrap", "--die-with-parent", "--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc"]
-    app = start_app(
-        tmp_path / "app",
-        tiny_model_dir,
-        {"M2FP_TRUSTED_PROXIES": "1", "M2FP_MAX_UPLOAD_MB": str(MAX_UPLOAD_MB)},
+    app = Gunicorn(
+        {
+            "M2FP_MODEL_DIR": str(tiny_model_dir),
+            "M2FP_TRUSTED_PROXIES": "1",
+            "M2FP_MAX_UPLOAD_MB": str(MAX_UPLOAD_MB),
+        },
         wrapper=[*base, "--tmpfs", "/dev/shm"],
+        log_dir=tmp_path / "app",
     )
     try:
         directory = tmp_path / "nginx"
@@ -331,12 +318,12 @@ def test_both_serve_a_parse_on_a_read_only_root(tmp_path, tls, tiny_model_dir):
         )
         try:
             status, headers, body = post(
-                edge, tls, "/api/v1/parse?output=json", jpeg(120, 90),
+                edge, tls, "/api/v1/parse?output=json", images.jpeg(120, 90),
                 {"Content-Type": "image/jpeg"}, source="127.0.0.60",
             )  # fmt: skip
             assert status == 200, body[:300]
             assert json.loads(body)["image"] == {"width": 120, "height": 90}
-            body = json_body_at_cap(jpeg(64, 64))
+            body = json_body_at_cap(images.jpeg(64, 64))
             status, _, answer = post(
                 edge, tls, "/api/v1/parse?output=json", body,
                 {"Content-Type": "application/json"}, source="127.0.0.61",
@@ -346,5 +333,5 @@ def test_both_serve_a_parse_on_a_read_only_root(tmp_path, tls, tiny_model_dir):
         finally:
             stop_tree(edge.proc)
     finally:
-        stop_tree(app.proc)
-    assert "Read-only file system" not in app.stderr.read_text()
+        app.stop()
+    assert "Read-only file system" not in app.logs()

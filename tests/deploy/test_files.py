@@ -22,14 +22,9 @@ import yaml
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from tests.support.deploy import (
-    REPO,
-    echo_upstream,
-    free_port,
-    make_dev_cert,
-    tls_context,
-    wait_for_port,
-)
+from tests.support.edge import echo_upstream, make_dev_cert, tls_context
+from tests.support.paths import REPO
+from tests.support.servers import free_port, wait_for_port
 
 pytestmark = pytest.mark.deploy
 DEV_CERT = REPO / "scripts" / "dev-cert"

@@ -29,7 +29,8 @@ import requests
 
 from tests.support import images
 from tests.support.fswatch import TreeWatch, unexpected
-from tests.support.servers import REPO, Gunicorn, RedisServer
+from tests.support.paths import REPO
+from tests.support.servers import Gunicorn, RedisServer
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
 
@@ -88,7 +89,7 @@ def uploads(url: str, canary: str) -> list[tuple[str, int, requests.Response]]:
         data=chunked(images.padded_png(CAP + 1)),
         headers={"Content-Type": "image/png"},
     )
-    post("pixel bomb", 413, data=images.bomb_png(), headers={"Content-Type": "image/png"})
+    post("pixel bomb", 413, data=images.png_bomb(), headers={"Content-Type": "image/png"})
     post(
         "truncated", 422, files={"image": (f"{canary}.jpg", images.truncated_jpeg(), "image/jpeg")}
     )
@@ -178,7 +179,7 @@ def test_uploads_succeed_under_a_read_only_root(tiny_model_dir):
         before = _peak_rss(worker)
         r = requests.post(
             server.url + PARSE,
-            data=images.bomb_png(),
+            data=images.png_bomb(),
             headers={"Content-Type": "image/png"},
             timeout=30,
         )

@@ -2,7 +2,7 @@
 and responses, edge limits, forwarded headers, error pages, upstreams.
 
 Real nginx (Debian's /usr/sbin/nginx) on 127.0.0.1 with certificates from scripts/dev-cert, in
-front of a small real HTTP server that reports what nginx forwarded (tests/support/deploy.py).
+front of a small real HTTP server that reports what nginx forwarded (tests/support/edge.py).
 The same configuration in front of the real gunicorn + app: tests/deploy/test_e2e.py.
 """
 
@@ -32,13 +32,11 @@ from nginx.render import (
     render,
     write_config,
 )
-from tests.support.deploy import (
+from tests.support.edge import (
     SPILL,
     assert_json_error,
     assert_security_headers,
-    disk_watch,
     echo_upstream,
-    free_port,
     https,
     make_dev_cert,
     post,
@@ -46,7 +44,9 @@ from tests.support.deploy import (
     start_nginx,
     tls_context,
 )
+from tests.support.fswatch import disk_watch
 from tests.support.paths import REPO
+from tests.support.servers import free_port
 
 pytestmark = pytest.mark.deploy
 
@@ -499,5 +499,5 @@ def test_the_disk_watch_sees_a_write_and_who_made_it(tmp_path):
     written = watch.writes({writer.pid})
     assert any(line.endswith(f"{watched}/f") for line in written), written
     assert len(written) >= 2  # the named file and the anonymous one
-    assert any("CREATE" in e for e in watch.dir_events)
-    assert any("MODIFY" in e for e in watch.dir_events)
+    assert any("CREATE" in e.kinds for e in watch.dir_events)
+    assert any("MODIFY" in e.kinds for e in watch.dir_events)

@@ -16,7 +16,8 @@ import psutil
 import pytest
 import requests
 
-from tests.support.deploy import REPO, free_port
+from tests.support.paths import REPO
+from tests.support.servers import free_port
 
 pytestmark = [pytest.mark.deploy, pytest.mark.slow]
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import fcntl
 import hashlib
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -17,6 +16,7 @@ from m2fp.cli import main
 from m2fp.download import MODEL_ID, DownloadError, download_model
 from tests.support.hub_server import HubServer, HubState
 from tests.support.paths import REPO
+from tests.support.servers import free_port
 
 WEIGHTS = os.urandom(3 * 1024 * 1024 + 123)  # several 1 MiB chunks, not a multiple of one
 CONFIG = b'{"framework": "pytorch", "task": "image-segmentation"}\n'
@@ -168,9 +168,7 @@ def test_file_missing_from_listing(tmp_path: Path) -> None:
 
 
 def test_no_network_is_a_clear_error(tmp_path: Path) -> None:
-    with socket.socket() as sock:  # a port nobody listens on
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+    port = free_port()  # a port nobody listens on
     with pytest.raises(DownloadError, match="cannot reach 127.0.0.1:.*refused"):
         _get(f"http://127.0.0.1:{port}", tmp_path)
 

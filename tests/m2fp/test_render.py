@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-import io
 import json
 
 import numpy as np
 import pycocotools.mask as coco_mask
 import pytest
-from PIL import Image
 
 from m2fp import render
 from m2fp.labels import CLASS_NAMES, NUM_CLASSES, PALETTE
+from tests.support import images
 
 # PASCAL-VOC colour map values, written out independently of m2fp.labels.
 VOC = {0: (0, 0, 0), 1: (128, 0, 0), 2: (0, 128, 0), 5: (128, 0, 128), 13: (192, 0, 128),
@@ -29,12 +28,6 @@ def _semantic(h: int = 37, w: int = 53, seed: int = 0) -> np.ndarray:
 
 def _image(h: int = 37, w: int = 53, seed: int = 1) -> np.ndarray:
     return np.random.default_rng(seed).integers(0, 256, size=(h, w, 3), dtype=np.uint8)
-
-
-def _decode(data: bytes) -> Image.Image:
-    image = Image.open(io.BytesIO(data))
-    image.load()
-    return image
 
 
 # ------------------------------------------------------------------------- colours
@@ -171,7 +164,7 @@ def test_encode_image_round_trip(fmt: str, channels: int | None) -> None:
     if channels == 4:
         array[:5, :, 3] = 0  # invisible pixels keep their colour values too
     data = render.encode_image(array, fmt)
-    image = _decode(data)
+    image = images.decode(data)
     assert image.format == fmt.upper()
     decoded = np.asarray(image if channels else image.convert("L"))
     np.testing.assert_array_equal(decoded, array)
@@ -192,14 +185,14 @@ def test_encode_image_signatures_and_errors() -> None:
 
 def test_label_map_png_grey_round_trip() -> None:
     sem = _semantic()
-    image = _decode(render.label_map_png(sem))
+    image = images.decode(render.label_map_png(sem))
     assert image.format == "PNG" and image.mode == "L"
     np.testing.assert_array_equal(np.asarray(image), sem)
 
 
 def test_label_map_png_palette_round_trip_and_colours() -> None:
     sem = _semantic()
-    image = _decode(render.label_map_png(sem, palette=True))
+    image = images.decode(render.label_map_png(sem, palette=True))
     assert image.mode == "P"
     np.testing.assert_array_equal(np.asarray(image), sem)  # the stored values are the ids
     palette = np.array(image.getpalette()[: 3 * NUM_CLASSES], dtype=np.uint8).reshape(-1, 3)
@@ -211,7 +204,7 @@ def test_label_map_png_palette_round_trip_and_colours() -> None:
 @pytest.mark.parametrize("kind", ["random", "empty", "full", "stripe"])
 def test_mask_png_round_trip(kind: str) -> None:
     mask = _mask(kind)
-    image = _decode(render.mask_png(mask))
+    image = images.decode(render.mask_png(mask))
     assert image.format == "PNG" and image.mode == "1"
     np.testing.assert_array_equal(np.asarray(image), mask)
 

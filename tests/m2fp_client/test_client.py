@@ -6,23 +6,22 @@ from __future__ import annotations
 
 import contextlib
 import http.server
-import io
 import json
 import os
 import ssl
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Iterator
 
 import pytest
-from PIL import Image
 
 from m2fp_client import Client, ClientError, ConnectionFailed, ServiceError
 from m2fp_client.client import _retry_after, sniff_image_type
-from tests.support.deploy import make_dev_cert
+from tests.support import images
+from tests.support.edge import make_dev_cert
 from tests.support.paths import REPO
+from tests.support.servers import serving
 
 pytestmark = pytest.mark.deploy
 PNG_OUT = b"\x89PNG\r\n\x1a\n-overlay"
@@ -79,13 +78,8 @@ def scripted_https(tls) -> Iterator[_ScriptedServer]:
     ctx.load_cert_chain(tls.cert, tls.key)
     server.socket = ctx.wrap_socket(server.socket, server_side=True)
     server.script, server.seen = [], []
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
+    with serving(server):
         yield server
-    finally:
-        server.shutdown()
-        server.server_close()
 
 
 @pytest.fixture()
@@ -96,9 +90,7 @@ def server(tls):
 
 @pytest.fixture(scope="module")
 def photo() -> bytes:
-    out = io.BytesIO()
-    Image.new("RGB", (32, 24), (200, 120, 40)).save(out, "JPEG")
-    return out.getvalue()
+    return images.jpeg(32, 24)
 
 
 def client_for(server, tls, **kwargs) -> Client:

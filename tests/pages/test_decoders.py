@@ -4,7 +4,6 @@ checked against Pillow and pycocotools on the same data."""
 from __future__ import annotations
 
 import base64
-import io
 import warnings
 
 import numpy as np
@@ -13,6 +12,7 @@ from PIL import Image
 from playwright.sync_api import sync_playwright
 from pycocotools import mask as coco_mask
 
+from tests.support import images
 from tests.support.pages import assert_clean, launch, make_app, open_page, serve
 
 pytestmark = pytest.mark.browser
@@ -44,9 +44,8 @@ def page(tiny_model_dir):
 
 
 def encode(image: Image.Image, **options) -> str:
-    out = io.BytesIO()
-    image.save(out, "PNG", **options)
-    return base64.b64encode(out.getvalue()).decode()
+    """`image` as a base64 PNG, as the API sends it."""
+    return base64.b64encode(images.encode(image, "PNG", **options)).decode()
 
 
 def decoded(page, b64: str) -> np.ndarray:

@@ -14,6 +14,7 @@ from PIL import Image
 from playwright.sync_api import sync_playwright
 from pycocotools import mask as coco_mask
 
+from tests.support.images import decode_array, gif, photo
 from tests.support.pages import (
     DESKTOP,
     EMPTY_STORAGE,
@@ -28,8 +29,6 @@ from tests.support.pages import (
     leftovers,
     make_app,
     open_page,
-    photo,
-    png_array,
     serve,
     shoot,
     storage_state,
@@ -91,7 +90,7 @@ def parse_by_picking(page, data: bytes | None = None) -> dict:
 
 
 def photo_pixels(data: bytes) -> np.ndarray:
-    return png_array(data)[..., :3].astype(np.float64)
+    return decode_array(data)[..., :3].astype(np.float64)
 
 
 def rle_mask(mask: dict) -> np.ndarray:
@@ -234,7 +233,7 @@ def test_downloads_are_valid_png_and_json(server, context):
     with page.expect_download() as download:
         page.click("#download-overlay")
     assert download.value.suggested_filename == "parsing-overlay.png"
-    overlay = png_array(Path(download.value.path()).read_bytes())
+    overlay = decode_array(Path(download.value.path()).read_bytes())
     assert overlay.shape[:2] == (answer["image"]["height"], answer["image"]["width"])
     assert np.array_equal(overlay[..., :3], canvas_pixels(page, "#canvas")[..., :3])
 
@@ -290,15 +289,14 @@ def test_client_refuses_wrong_type_and_oversize_without_uploading(server, contex
     sent = []
     page.on("request", lambda r: sent.append(r.url) if "/api/v1/parse" in r.url else None)
 
-    gif = io.BytesIO()
-    Image.new("RGB", (8, 8)).save(gif, "GIF")
-    pick(page, gif.getvalue(), "anim.gif", "image/gif")
+    animation = gif(8, 8)
+    pick(page, animation, "anim.gif", "image/gif")
     wait_until(page, "() => !document.querySelector('#error').hidden")
     assert page.text_content("#error-title") == "GIF images can't be parsed."
     assert "JPEG, PNG or WebP" in page.text_content("#error-detail")
 
     # A PNG that lies about itself: the bytes say GIF.
-    pick(page, gif.getvalue(), "liar.png", "image/png")
+    pick(page, animation, "liar.png", "image/png")
     wait_until(
         page, "() => document.querySelector('#error-title').textContent.includes('contains')"
     )

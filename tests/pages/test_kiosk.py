@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 from playwright.sync_api import sync_playwright
 
+from tests.support.images import photo
 from tests.support.pages import (
     DESKTOP,
     EMPTY_STORAGE,
@@ -18,7 +19,6 @@ from tests.support.pages import (
     leftovers,
     make_app,
     open_page,
-    photo,
     serve,
     shoot,
     storage_state,

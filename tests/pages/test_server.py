@@ -9,7 +9,8 @@ from html.parser import HTMLParser
 
 import pytest
 
-from tests.support.pages import REPO, close_app, make_app
+from tests.support.pages import close_app, make_app
+from tests.support.paths import REPO
 from web.pages import size_label
 
 STATIC = REPO / "static"

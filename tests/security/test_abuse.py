@@ -199,7 +199,7 @@ def test_three_invalid_uploads_ban_the_client(make_app):
     client = app.test_client()
     assert parse(client, images.TEXT).status_code == 415
     assert parse(client, images.truncated_jpeg(), "image/jpeg").status_code == 422
-    assert parse(client, images.bomb_png()).status_code == 413  # pixels: counts
+    assert parse(client, images.png_bomb()).status_code == 413  # pixels: counts
     r = parse(client)  # a valid upload, but the client is banned now
     assert r.status_code == 429
     assert r.get_json()["error"]["code"] == "temporarily_banned"

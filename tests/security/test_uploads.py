@@ -28,7 +28,7 @@ from security.uploads import (
     load_upload,
     sniff_mime,
 )
-from tests.support import upload_samples as samples
+from tests.support import images as samples
 from tests.support.paths import REPO
 
 MIMES = list(ALLOWED_MIMES)
@@ -204,20 +204,11 @@ def test_a_jpeg_without_its_end_marker_is_truncated():
         check_upload(data[:-2])
 
 
-def _replace_chunk(png: bytes, kind: bytes, payload: bytes, *, fix_crc: bool) -> bytes:
-    at = png.index(kind) - 4
-    length = int.from_bytes(png[at : at + 4], "big")
-    chunk = samples.png_chunk(kind, payload)
-    if not fix_crc:
-        chunk = chunk[:-4] + png[at + 8 + length : at + 12 + length]
-    return png[:at] + chunk + png[at + 12 + length :]
-
-
 def test_png_with_a_bad_crc_is_unprocessable():
     png = samples.sample("image/png", samples.noise())
     at = png.index(b"IDAT")
     idat = png[at + 4 : at + 4 + int.from_bytes(png[at - 4 : at], "big")]
-    broken = _replace_chunk(png, b"IDAT", bytes([idat[0] ^ 1]) + idat[1:], fix_crc=False)
+    broken = samples.replace_png_chunk(png, b"IDAT", bytes([idat[0] ^ 1]) + idat[1:], fix_crc=False)
     with pytest.raises(UnprocessableImage, match="CRC"):
         check_upload(broken)
 
@@ -226,7 +217,9 @@ def test_png_with_corrupt_compressed_data_is_unprocessable():
     png = samples.sample("image/png", samples.noise())
     at = png.index(b"IDAT")
     idat = png[at + 4 : at + 4 + int.from_bytes(png[at - 4 : at], "big")]
-    broken = _replace_chunk(png, b"IDAT", idat[:10] + b"\x13" * 20 + idat[30:], fix_crc=True)
+    broken = samples.replace_png_chunk(
+        png, b"IDAT", idat[:10] + b"\x13" * 20 + idat[30:], fix_crc=True
+    )
     assert check_upload(broken) == "image/png"  # the structure is intact...
     with pytest.raises(UnprocessableImage, match="could not be decoded"):
         load_upload(broken)  # ...the pixels are not

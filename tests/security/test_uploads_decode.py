@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import dataclasses
 import io
-import struct
 import uuid
 
 import numpy as np
@@ -13,7 +12,7 @@ import pytest
 from PIL import Image, JpegImagePlugin, PngImagePlugin
 
 from security.uploads import DecodedImage, UploadPolicy, decode_image, load_upload
-from tests.support import upload_samples as samples
+from tests.support import images as samples
 
 MIMES = ["image/jpeg", "image/png", "image/webp"]
 QUADRANTS = [samples.RED, samples.GREEN, samples.BLUE, samples.WHITE]
@@ -131,22 +130,10 @@ def test_all_metadata_is_dropped(mime):
 # ------------------------------------------------------------------------- modes to RGB
 
 
-def _png16(width: int, height: int, color_type: int, sample: tuple[int, ...]) -> bytes:
-    row = b"\x00" + struct.pack(f">{len(sample)}H", *sample) * width
-    return samples.raw_png(width, height, depth=16, color_type=color_type, rows=row * height)
-
-
-def _palette_png(transparent: bool) -> bytes:
-    im = Image.new("P", (8, 8), 1)
-    im.putpalette([0, 0, 0, 200, 30, 40] + [0, 0, 0] * 254)
-    im.putpixel((0, 0), 0)
-    return samples.encode(im, "PNG", **({"transparency": 0} if transparent else {}))
-
-
 MODES = {
     # name: (bytes, colour at (0, 0), colour at (7, 7), tolerance)
-    "palette": (_palette_png(False), (0, 0, 0), (200, 30, 40), 0),
-    "palette-transparent": (_palette_png(True), (255, 255, 255), (200, 30, 40), 0),
+    "palette": (samples.palette_png(False), (0, 0, 0), (200, 30, 40), 0),
+    "palette-transparent": (samples.palette_png(True), (255, 255, 255), (200, 30, 40), 0),
     "grey": (samples.encode(Image.new("L", (8, 8), 100), "PNG"), (100,) * 3, (100,) * 3, 0),
     "grey-alpha": (
         samples.encode(Image.new("LA", (8, 8), (0, 0)), "PNG"),
@@ -173,9 +160,9 @@ MODES = {
         0,
     ),
     "bilevel": (samples.encode(Image.new("1", (8, 8), 1), "PNG"), (255,) * 3, (255,) * 3, 0),
-    "grey-16bit": (_png16(8, 8, 0, (40000,)), (156,) * 3, (156,) * 3, 0),
-    "rgb-16bit": (_png16(8, 8, 2, (65535, 32768, 0)), (255, 128, 0), (255, 128, 0), 0),
-    "rgba-16bit": (_png16(8, 8, 6, (0, 65535, 0, 0)), (255, 255, 255), (255, 255, 255), 0),
+    "grey-16bit": (samples.png16(8, 8, 0, (40000,)), (156,) * 3, (156,) * 3, 0),
+    "rgb-16bit": (samples.png16(8, 8, 2, (65535, 32768, 0)), (255, 128, 0), (255, 128, 0), 0),
+    "rgba-16bit": (samples.png16(8, 8, 6, (0, 65535, 0, 0)), (255, 255, 255), (255, 255, 255), 0),
     "cmyk-jpeg": (
         samples.encode(Image.new("CMYK", (8, 8), (0, 255, 255, 0)), "JPEG", quality=95),
         (255, 0, 0),

@@ -7,13 +7,15 @@ serve corrupt bytes. Every request is recorded.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import socket
-import threading
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, urlsplit
+
+from tests.support.servers import serving
 
 
 @dataclass
@@ -131,7 +133,7 @@ class HubServer:
     def __init__(self, state: HubState) -> None:
         self.state = state
         self._server = _HubServer(state)
-        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+        self._stack = contextlib.ExitStack()
 
     @property
     def url(self) -> str:
@@ -139,10 +141,8 @@ class HubServer:
         return f"http://{host}:{port}"
 
     def __enter__(self) -> str:
-        self._thread.start()
+        self._stack.enter_context(serving(self._server))
         return self.url
 
     def __exit__(self, *exc: object) -> None:
-        self._server.shutdown()
-        self._server.server_close()
-        self._thread.join(timeout=5)
+        self._stack.close()

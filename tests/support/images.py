@@ -1,13 +1,30 @@
-"""Images made in memory for the service tests: valid ones, hostile ones, canaries."""
+"""Every image the tests upload, made in memory (nothing here touches the disk).
+
+- pixels and encoders: `pixels`, `noise`, `quadrants`, `photo`, `encode`, `png`, `jpeg`,
+  `webp`, `gif`, `sample`; and back: `decode`, `decode_array`
+- PNGs written by hand: `png_chunk`, `raw_png`, `png16`, `palette_png`, `replace_png_chunk`,
+  `padded_png`; broken ones: `truncated_jpeg`
+- decompression bombs (a few KB declaring gigapixels): `png_bomb`, `jpeg_bomb`,
+  `webp_lossless_bomb`, `webp_lossy_bomb`, `webp_canvas_bomb`
+- what is not an allowed image (polyglots, look-alikes, other formats): `TEXT`, `HTML`, `SVG`,
+  `NOT_IMAGES`, `zip_archive`, `other_formats`
+- checks for `quadrants` after a decode: `RED`…`WHITE`, `quadrant_colours`, `assert_quadrants`
+"""
 
 from __future__ import annotations
 
 import io
 import struct
+import zipfile
 import zlib
 
 import numpy as np
-from PIL import Image, PngImagePlugin
+from PIL import Image, ImageDraw, PngImagePlugin
+
+FORMATS = {"image/jpeg": "JPEG", "image/png": "PNG", "image/webp": "WEBP"}
+EXTENSIONS = {"image/jpeg": "jpg", "image/png": "png", "image/webp": "webp"}
+
+# ---- pixels and encoders -----------------------------------------------------------------
 
 
 def pixels(width: int = 128, height: int = 96, seed: int = 0) -> np.ndarray:
@@ -19,9 +36,47 @@ def pixels(width: int = 128, height: int = 96, seed: int = 0) -> np.ndarray:
     return np.clip(base + noise, 0, 255).astype(np.uint8).transpose(1, 2, 0).copy()
 
 
-def encode(array: np.ndarray, fmt: str, **params: object) -> bytes:
+def noise(width: int = 64, height: int = 48, seed: int = 0) -> Image.Image:
+    """Uniform RGB noise: the least compressible image."""
+    rng = np.random.default_rng(seed)
+    return Image.fromarray(rng.integers(0, 256, (height, width, 3), dtype=np.uint8))
+
+
+def quadrants(width: int = 64, height: int = 48) -> Image.Image:
+    """Red, green / blue, white quadrants: any flip or turn is visible, JPEG keeps them."""
+    array = np.zeros((height, width, 3), np.uint8)
+    h, w = height // 2, width // 2
+    array[:h, :w] = RED
+    array[:h, w:] = GREEN
+    array[h:, :w] = BLUE
+    array[h:, w:] = WHITE
+    return Image.fromarray(array)
+
+
+def photo(width: int = 320, height: int = 240, fmt: str = "PNG") -> bytes:
+    """A made-up 'photo': a sky gradient and two figures, encoded in memory."""
+    image = Image.new("RGB", (width, height))
+    draw = ImageDraw.Draw(image)
+    for y in range(height):
+        draw.line([(0, y), (width, y)], fill=(200 - y * 60 // height, 210, 230 - y * 50 // height))
+    for cx, colour in ((0.33, (60, 90, 160)), (0.68, (170, 70, 60))):
+        x = cx * width
+        draw.ellipse(
+            [x - 0.07 * height, 0.14 * height, x + 0.07 * height, 0.34 * height],
+            fill=(225, 180, 150),
+        )
+        draw.rounded_rectangle(
+            [x - 0.12 * height, 0.36 * height, x + 0.12 * height, 0.92 * height], 8, fill=colour
+        )
+    return encode(image, fmt)
+
+
+def encode(image: Image.Image | np.ndarray, fmt: str, **params: object) -> bytes:
+    """`image` (a PIL image or (H, W[, C]) uint8 pixels) saved as `fmt` into bytes."""
+    if isinstance(image, np.ndarray):
+        image = Image.fromarray(image)
     out = io.BytesIO()
-    Image.fromarray(array).save(out, fmt, **params)
+    image.save(out, fmt, **params)
     return out.getvalue()
 
 
@@ -32,8 +87,8 @@ def png(width: int = 128, height: int = 96, *, text: dict[str, str] | None = Non
     return encode(pixels(width, height), "PNG", pnginfo=info)
 
 
-def jpeg(width: int = 128, height: int = 96) -> bytes:
-    return encode(pixels(width, height), "JPEG", quality=90)
+def jpeg(width: int = 128, height: int = 96, *, seed: int = 0, quality: int = 90) -> bytes:
+    return encode(pixels(width, height, seed), "JPEG", quality=quality)
 
 
 def webp(width: int = 128, height: int = 96) -> bytes:
@@ -44,8 +99,73 @@ def gif(width: int = 32, height: int = 32) -> bytes:
     return encode(pixels(width, height), "GIF")
 
 
-def _chunk(kind: bytes, data: bytes) -> bytes:
-    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+def sample(mime: str, im: Image.Image | None = None, **params: object) -> bytes:
+    """A small image of type `mime` (lossless for WebP unless `lossless=False` is given)."""
+    im = quadrants() if im is None else im
+    if mime == "image/webp":
+        params.setdefault("lossless", True)
+    return encode(im, FORMATS[mime], **params)
+
+
+def decode(data: bytes) -> Image.Image:
+    image = Image.open(io.BytesIO(data))
+    image.load()
+    return image
+
+
+def decode_array(data: bytes) -> np.ndarray:
+    """The pixels of an encoded image, as stored (no mode conversion)."""
+    with Image.open(io.BytesIO(data)) as image:
+        return np.asarray(image).copy()
+
+
+# ---- PNGs written by hand ----------------------------------------------------------------
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def png_chunk(kind: bytes, payload: bytes) -> bytes:
+    """One PNG chunk: length, type, payload, CRC."""
+    crc = struct.pack(">I", zlib.crc32(kind + payload))
+    return struct.pack(">I", len(payload)) + kind + payload + crc
+
+
+def raw_png(width: int, height: int, *, depth: int, color_type: int, rows: bytes) -> bytes:
+    """A PNG written by hand: IHDR, one IDAT of `rows` (filter bytes included), IEND. The rows
+    need not fill the declared size."""
+    header = struct.pack(">IIBBBBB", width, height, depth, color_type, 0, 0, 0)
+    return (
+        PNG_SIGNATURE
+        + png_chunk(b"IHDR", header)
+        + png_chunk(b"IDAT", zlib.compress(rows, 9))
+        + png_chunk(b"IEND", b"")
+    )
+
+
+def png16(width: int, height: int, color_type: int, sample: tuple[int, ...]) -> bytes:
+    """A 16-bit PNG of one colour (`sample`: one value per channel of `color_type`)."""
+    row = b"\x00" + struct.pack(f">{len(sample)}H", *sample) * width
+    return raw_png(width, height, depth=16, color_type=color_type, rows=row * height)
+
+
+def palette_png(transparent: bool) -> bytes:
+    """An 8x8 palette PNG: colour 1 (200, 30, 40) everywhere but (0, 0), which is colour 0
+    (black, or fully transparent)."""
+    im = Image.new("P", (8, 8), 1)
+    im.putpalette([0, 0, 0, 200, 30, 40] + [0, 0, 0] * 254)
+    im.putpixel((0, 0), 0)
+    return encode(im, "PNG", **({"transparency": 0} if transparent else {}))
+
+
+def replace_png_chunk(png: bytes, kind: bytes, payload: bytes, *, fix_crc: bool) -> bytes:
+    """`png` with its first `kind` chunk's payload replaced; the CRC recomputed, or kept from
+    the original chunk (`fix_crc=False`: a CRC that no longer matches)."""
+    at = png.index(kind) - 4
+    length = int.from_bytes(png[at : at + 4], "big")
+    chunk = png_chunk(kind, payload)
+    if not fix_crc:
+        chunk = chunk[:-4] + png[at + 8 + length : at + 12 + length]
+    return png[:at] + chunk + png[at + 12 + length :]
 
 
 def padded_png(total_bytes: int, *, width: int = 96, height: int = 64, canary: str = "") -> bytes:
@@ -57,21 +177,9 @@ def padded_png(total_bytes: int, *, width: int = 96, height: int = 64, canary: s
     if total_bytes < overhead:
         raise ValueError(f"total_bytes must be at least {overhead}")
     filler = np.random.default_rng(1).integers(0, 256, total_bytes - overhead, np.uint8).tobytes()
-    out = small[:iend] + _chunk(b"caNv", filler) + small[iend:]
+    out = small[:iend] + png_chunk(b"caNv", filler) + small[iend:]
     assert len(out) == total_bytes
     return out
-
-
-def bomb_png(width: int = 30000, height: int = 30000) -> bytes:
-    """A few-KB PNG whose header declares `width` x `height` RGB pixels (a decompression bomb:
-    the deflate stream of one zero-filled row repeated would inflate to gigabytes)."""
-    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    row = b"\x00" + b"\x00" * (width * 3)
-    stream = zlib.compressobj(9)
-    data = stream.compress(row * 64) + stream.flush()  # the first rows only: a few KB
-    return (
-        b"\x89PNG\r\n\x1a\n" + _chunk(b"IHDR", ihdr) + _chunk(b"IDAT", data) + _chunk(b"IEND", b"")
-    )
 
 
 def truncated_jpeg() -> bytes:
@@ -79,15 +187,99 @@ def truncated_jpeg() -> bytes:
     return data[: len(data) // 2]
 
 
+# ---- decompression bombs -----------------------------------------------------------------
+
+
+def png_bomb(side: int = 30000) -> bytes:
+    """A few-KB PNG whose header declares side x side grey pixels (only a few rows follow:
+    a decoder that trusted the header would allocate side**2 bytes before noticing)."""
+    return raw_png(side, side, depth=8, color_type=0, rows=b"\x00" * (side + 1) * 16)
+
+
+def jpeg_bomb(width: int = 60000, height: int = 60000) -> bytes:
+    """A small JPEG whose frame header (SOF0) is patched to declare width x height."""
+    data = bytearray(encode(noise(16, 16), "JPEG"))
+    sof = data.index(b"\xff\xc0")
+    data[sof + 5 : sof + 9] = struct.pack(">HH", height, width)
+    return bytes(data)
+
+
+def webp_lossless_bomb(width: int = 16384, height: int = 16384) -> bytes:
+    """A small lossless WebP whose VP8L header is patched to declare width x height."""
+    data = bytearray(encode(noise(16, 16), "WEBP", lossless=True))
+    assert data[12:16] == b"VP8L" and data[20] == 0x2F
+    bits = int.from_bytes(data[21:25], "little")
+    bits = (bits & ~0xFFFFFFF) | (width - 1) | ((height - 1) << 14)
+    data[21:25] = bits.to_bytes(4, "little")
+    return bytes(data)
+
+
+def webp_lossy_bomb(width: int = 16383, height: int = 16383) -> bytes:
+    """A small lossy WebP whose VP8 key-frame header is patched to declare width x height."""
+    data = bytearray(encode(noise(16, 16), "WEBP", quality=80))
+    assert data[12:16] == b"VP8 " and data[23:26] == b"\x9d\x01\x2a"
+    data[26:30] = struct.pack("<HH", width, height)
+    return bytes(data)
+
+
+def webp_canvas_bomb(width: int = 100_000, height: int = 100_000) -> bytes:
+    """An extended WebP (VP8X) whose canvas is patched to width x height."""
+    frames = [noise(16, 16, seed) for seed in range(2)]  # animated: always VP8X
+    data = bytearray(encode(frames[0], "WEBP", save_all=True, append_images=frames[1:]))
+    assert data[12:16] == b"VP8X"
+    data[24:30] = (width - 1).to_bytes(3, "little") + (height - 1).to_bytes(3, "little")
+    return bytes(data)
+
+
+# ---- not an allowed image ----------------------------------------------------------------
+
+TEXT = b"just some text, certainly not an image\n" * 20
+HTML = b"<!doctype html><html><body><script>alert(1)</script></body></html>"
 SVG = (
     b'<?xml version="1.0"?><svg xmlns="http://www.w3.org/2000/svg" width="10" height="10">'
     b'<script>alert(1)</script><rect width="10" height="10"/></svg>'
 )
-HTML = b"<!doctype html><html><body><script>alert(1)</script></body></html>"
-TEXT = b"just some text, certainly not an image\n" * 20
+NOT_IMAGES = {
+    "text": TEXT,
+    "html": HTML,
+    "svg": SVG,
+    "pdf": b"%PDF-1.4\n1 0 obj <<>> endobj\ntrailer <<>>\n%%EOF\n",
+    "html_with_png_signature": PNG_SIGNATURE + b"<!DOCTYPE html><html><script>x</script></html>",
+}
 
 
-def decode(data: bytes) -> Image.Image:
-    image = Image.open(io.BytesIO(data))
-    image.load()
-    return image
+def zip_archive() -> bytes:
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        archive.writestr("shell.php", "<?php system($_GET['c']); ?>")
+    return buffer.getvalue()
+
+
+def other_formats() -> dict[str, bytes]:
+    """Real images and archives of types that are not allowed."""
+    im = quadrants(16, 12)
+    return {
+        "gif": encode(im, "GIF"),
+        "bmp": encode(im, "BMP"),
+        "tiff": encode(im, "TIFF"),
+        "zip": zip_archive(),
+        **NOT_IMAGES,
+    }
+
+
+# ---- checks for `quadrants` --------------------------------------------------------------
+
+RED, GREEN, BLUE, WHITE = (255, 0, 0), (0, 255, 0), (0, 0, 255), (255, 255, 255)
+
+
+def quadrant_colours(array: np.ndarray) -> list[tuple[int, ...]]:
+    """The colours at the centres of the four quadrants of (H, W, 3) pixels, in reading order."""
+    height, width = array.shape[:2]
+    ys, xs = (height // 4, 3 * height // 4), (width // 4, 3 * width // 4)
+    return [tuple(int(v) for v in array[y, x]) for y in ys for x in xs]
+
+
+def assert_quadrants(array: np.ndarray, expected: list[tuple[int, int, int]], tol: int) -> None:
+    found = quadrant_colours(array)
+    for got, want in zip(found, expected, strict=True):
+        assert max(abs(g - w) for g, w in zip(got, want, strict=True)) <= tol, (found, expected)

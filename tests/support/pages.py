@@ -10,20 +10,20 @@ changes none of their behaviour.
 from __future__ import annotations
 
 import base64
-import io
 import json
-import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image, ImageDraw
 from werkzeug.serving import make_server
 
+from tests.support import images
 from tests.support.paths import REPO
+from tests.support.servers import serving
 
 SCREENSHOTS = REPO / "artifacts" / "screenshots"
 CHROMIUM = "/usr/bin/chromium"
@@ -88,15 +88,12 @@ def make_app(model_dir: Path, **settings: Any):
     return create_app({**BASE_SETTINGS, "model_dir": Path(model_dir), **settings})
 
 
+@dataclass(frozen=True)
 class LiveServer:
-    """A WSGI app served by werkzeug in a thread on 127.0.0.1, on a free port."""
+    """A WSGI app served by werkzeug in a thread on 127.0.0.1, on a free port (`serve`)."""
 
-    def __init__(self, app) -> None:
-        self.app = app
-        self._server = make_server("127.0.0.1", 0, app, threaded=True)
-        self.url = f"http://127.0.0.1:{self._server.server_port}"
-        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
-        self._thread.start()
+    app: Any
+    url: str
 
     def wait_ready(self, timeout: float = 60.0) -> None:
         """Poll /readyz until the model is loaded."""
@@ -115,55 +112,22 @@ class LiveServer:
                 raise TimeoutError(f"{self.url}/readyz never answered 200")
             time.sleep(0.1)
 
-    def close(self) -> None:
-        self._server.shutdown()
-        self._server.server_close()
-        self._thread.join(timeout=10)
-
 
 @contextmanager
 def serve(app) -> Iterator[LiveServer]:
     """Serve `app` until the block ends, then stop the server and the app's engine."""
-    server = LiveServer(app)
     try:
-        server.wait_ready()
-        yield server
+        with serving(make_server("127.0.0.1", 0, app, threaded=True)) as server:
+            live = LiveServer(app, f"http://127.0.0.1:{server.server_port}")
+            live.wait_ready()
+            yield live
     finally:
-        server.close()
         close_app(app)
 
 
 def close_app(app) -> None:
     """Stop the engine's batch thread (the app owns it)."""
     app.extensions["m2fp"].close()
-
-
-# ---- images --------------------------------------------------------------------------------
-
-
-def photo(width: int = 320, height: int = 240, fmt: str = "PNG") -> bytes:
-    """A made-up 'photo': a sky gradient and two figures, encoded in memory."""
-    image = Image.new("RGB", (width, height))
-    draw = ImageDraw.Draw(image)
-    for y in range(height):
-        draw.line([(0, y), (width, y)], fill=(200 - y * 60 // height, 210, 230 - y * 50 // height))
-    for cx, colour in ((0.33, (60, 90, 160)), (0.68, (170, 70, 60))):
-        x = cx * width
-        draw.ellipse(
-            [x - 0.07 * height, 0.14 * height, x + 0.07 * height, 0.34 * height],
-            fill=(225, 180, 150),
-        )
-        draw.rounded_rectangle(
-            [x - 0.12 * height, 0.36 * height, x + 0.12 * height, 0.92 * height], 8, fill=colour
-        )
-    out = io.BytesIO()
-    image.save(out, fmt)
-    return out.getvalue()
-
-
-def png_array(data: bytes) -> np.ndarray:
-    with Image.open(io.BytesIO(data)) as image:
-        return np.asarray(image).copy()
 
 
 # ---- the browser ---------------------------------------------------------------------------
@@ -342,7 +306,7 @@ def shoot(page, name: str) -> Path:
 
 
 def decode_label_map(answer: dict) -> np.ndarray:
-    return png_array(base64.b64decode(answer["label_map"]["data"]))
+    return images.decode_array(base64.b64decode(answer["label_map"]["data"]))
 
 
 def parse_json(text: str) -> dict:

@@ -1,18 +1,24 @@
-"""Real servers for the socket-level tests: gunicorn running `app:create_app()` and
-redis-server, each on 127.0.0.1 and a port chosen at run time, always stopped afterwards."""
+"""Real servers for the socket-level tests: gunicorn running `app:create_app()` (the one
+launcher every test that needs the app behind a socket uses) and redis-server, each on
+127.0.0.1 and a port chosen at run time, always stopped afterwards; `free_port` and
+`wait_for_port` for the servers the tests start themselves."""
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
 import re
 import signal
 import socket
+import socketserver
 import subprocess
 import sys
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import TypeVar
 
 import psutil
 import requests
@@ -21,6 +27,7 @@ from tests.support.paths import REPO
 
 GUNICORN = [sys.executable, "-m", "gunicorn"]
 _LISTENING = re.compile(r"Listening at: http://127\.0\.0\.1:(\d+)")
+S = TypeVar("S", bound=socketserver.BaseServer)
 
 
 def gunicorn_command(
@@ -74,7 +81,14 @@ def run_gunicorn(env: dict[str, str], *, timeout: float = 60.0) -> tuple[int, st
 
 class Gunicorn:
     """`gunicorn -c gunicorn.conf.py -b 127.0.0.1:0 'app:create_app()'`, optionally wrapped
-    (bubblewrap). The port is the one gunicorn reports; stdout and stderr are kept."""
+    (bubblewrap), started in its own session and ready once every worker loaded its model and
+    /readyz answers 200 (`wait_ready=False`: once it listens). The port is the one gunicorn
+    reports.
+
+    stdout (the audit log) and stderr are kept in memory, or with `log_dir` written by gunicorn
+    itself to `log_dir/app.out` and `log_dir/app.err` (`stdout_path`, `stderr_path`): a test
+    that watches the disk then sees the app write its logs and nothing else. Either way
+    `stdout` and `stderr` are the lines so far."""
 
     def __init__(
         self,
@@ -85,29 +99,35 @@ class Gunicorn:
         extra_args: Sequence[str] = (),
         wait_ready: bool = True,
         ready_timeout: float = 120.0,
+        log_dir: Path | None = None,
     ) -> None:
+        self.stdout_path: Path | None = None
+        self.stderr_path: Path | None = None
+        outputs: tuple = (subprocess.PIPE, subprocess.PIPE)
+        if log_dir is not None:
+            log_dir.mkdir(parents=True, exist_ok=True)
+            self.stdout_path, self.stderr_path = log_dir / "app.out", log_dir / "app.err"
+            outputs = (self.stdout_path.open("wb"), self.stderr_path.open("wb"))
         self.process = subprocess.Popen(
             gunicorn_command(workers=workers, wrapper=wrapper, extra_args=extra_args),
             cwd=REPO,
             env=gunicorn_env(env),
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
+            stdout=outputs[0],
+            stderr=outputs[1],
             start_new_session=True,
         )
-        self.stdout: list[str] = []
-        self.stderr: list[str] = []
-        self._port_found = threading.Event()
+        self._lines: tuple[list[str], list[str]] = ([], [])
+        self._readers: list[threading.Thread] = []
+        if log_dir is None:
+            streams = (self.process.stdout, self.process.stderr)
+            for stream, lines in zip(streams, self._lines, strict=True):
+                reader = threading.Thread(target=self._read, args=(stream, lines), daemon=True)
+                reader.start()
+                self._readers.append(reader)
+        else:
+            for handle in outputs:
+                handle.close()  # gunicorn holds its own copies
         self.port = 0
-        self._readers = [
-            threading.Thread(
-                target=self._read, args=(self.process.stdout, self.stdout), daemon=True
-            ),
-            threading.Thread(
-                target=self._read, args=(self.process.stderr, self.stderr), daemon=True
-            ),
-        ]
-        for reader in self._readers:
-            reader.start()
         try:
             if wait_ready:
                 self._wait_ready(workers, ready_timeout)
@@ -117,14 +137,22 @@ class Gunicorn:
             self.stop()
             raise
 
-    def _read(self, stream, lines: list[str]) -> None:  # noqa: ANN001
+    @staticmethod
+    def _read(stream, lines: list[str]) -> None:  # noqa: ANN001
         for raw in iter(stream.readline, b""):
-            line = raw.decode("utf-8", "replace")
-            lines.append(line)
-            match = _LISTENING.search(line)
-            if match:
-                self.port = int(match.group(1))
-                self._port_found.set()
+            lines.append(raw.decode("utf-8", "replace"))
+
+    @property
+    def stdout(self) -> list[str]:
+        if self.stdout_path is not None:
+            return self.stdout_path.read_text(errors="replace").splitlines(keepends=True)
+        return list(self._lines[0])
+
+    @property
+    def stderr(self) -> list[str]:
+        if self.stderr_path is not None:
+            return self.stderr_path.read_text(errors="replace").splitlines(keepends=True)
+        return list(self._lines[1])
 
     @property
     def url(self) -> str:
@@ -133,11 +161,17 @@ class Gunicorn:
     def _wait_port(self, timeout: float) -> None:
         """Until gunicorn says where it listens; a gunicorn that exits first fails at once."""
         deadline = time.monotonic() + timeout
-        while not self._port_found.wait(0.2):
+        while True:
+            for line in self.stderr:
+                match = _LISTENING.search(line)
+                if match:
+                    self.port = int(match.group(1))
+                    return
             if self.process.poll() is not None or time.monotonic() > deadline:
                 for reader in self._readers:
                     reader.join(5)  # the exit's last lines
                 raise RuntimeError("gunicorn did not start:\n" + self.logs())
+            time.sleep(0.1)
 
     def _wait_ready(self, workers: int, timeout: float) -> None:
         deadline = time.monotonic() + timeout
@@ -158,10 +192,17 @@ class Gunicorn:
     def logs(self) -> str:
         return "".join(self.stdout) + "".join(self.stderr)
 
+    def audit(self) -> list[dict]:
+        """The audit log so far: the JSON lines on stdout."""
+        return [json.loads(line) for line in self.stdout if line.startswith("{")]
+
     def processes(self) -> list[psutil.Process]:
         """The launched process and all its descendants (wrapper, master, workers)."""
         root = psutil.Process(self.process.pid)
         return [root, *root.children(recursive=True)]
+
+    def pids(self) -> set[int]:
+        return {p.pid for p in self.processes()}
 
     def workers(self) -> list[psutil.Process]:
         """gunicorn's workers: the processes that have no children of their own."""
@@ -179,10 +220,39 @@ class Gunicorn:
             reader.join(5)
 
 
+@contextlib.contextmanager
+def serving(server: S) -> Iterator[S]:
+    """`server` (a `socketserver` server, already bound) answering from a daemon thread until
+    the block ends; then shut down and closed."""
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield server
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=10)
+
+
 def free_port() -> int:
+    """A port that was free a moment ago on 127.0.0.1 (bind port 0, read it, close)."""
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+def wait_for_port(
+    port: int, *, timeout: float = 15.0, proc: subprocess.Popen | None = None
+) -> None:
+    """Until something accepts connections on 127.0.0.1:`port`; `proc` exiting first fails."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"process exited with {proc.returncode} before listening")
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.2):
+            return
+        time.sleep(0.05)
+    raise TimeoutError(f"nothing listens on 127.0.0.1:{port} after {timeout}s")
 
 
 class RedisServer:

@@ -6,12 +6,15 @@ from __future__ import annotations
 import base64
 import io
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
 
+import web
 from m2fp.labels import CLASS_NAMES
 from tests.support import images
+from tests.support.paths import REPO
 
 PARSE = "/api/v1/parse"
 ERROR_CODES = {
@@ -203,7 +206,7 @@ def test_byte_cap_is_413_for_chunked_bodies_too(make_app):
 
 
 def test_pixel_cap_is_413(client):
-    error = assert_error(client.post(PARSE, data=images.bomb_png(), content_type="image/png"), 413)
+    error = assert_error(client.post(PARSE, data=images.png_bomb(), content_type="image/png"), 413)
     assert error["code"] == "payload_too_large"
 
 
@@ -419,11 +422,17 @@ def test_responses_never_reveal_internals(client):
         client.get("/readyz").get_data(as_text=True),
         client.get("/api/v1/openapi.json").get_data(as_text=True),
     ]
+    # The checkout's path wherever it is cloned, resolved or not (a symlinked checkout), and
+    # as the code was imported from (what a traceback would print).
+    imported_from = Path(web.__file__).parents[1]
+    repo_paths = {str(p) for p in (REPO, REPO.resolve(), imported_from, imported_from.resolve())}
     for text in bodies:
-        for secret in ("Traceback", "/work/", "pytorch_model", "torch", "gunicorn"):
+        for secret in ("Traceback", "/work/", "pytorch_model", "torch", "gunicorn", *repo_paths):
             assert secret not in text
 
 
 def test_json_bodies_are_valid_json(client):
     r = client.post(PARSE + "?output=json", data=images.webp(), content_type="image/webp")
+    assert r.status_code == 200, r.get_data(as_text=True)
+    assert r.mimetype == "application/json"
     json.loads(r.get_data(as_text=True))

@@ -1,5 +1,7 @@
-"""Helpers for the deployment tests: real nginx (Debian's binary) rendered from nginx/, dev
-certificates from scripts/dev-cert, a small echoing upstream, and a filesystem watch.
+"""The edge for the deployment tests: real nginx (Debian's binary) rendered from nginx/, dev
+certificates from scripts/dev-cert, a small echoing upstream, requests through TLS, and the
+checks every response from the edge must pass. The app behind it is `servers.Gunicorn`; the
+filesystem watch is `fswatch.disk_watch`.
 
 Everything binds 127.0.0.1 on ports chosen at run time and is stopped by the caller (the
 fixtures in the test modules wrap these in finalisers).
@@ -17,39 +19,17 @@ import signal
 import socket
 import ssl
 import subprocess
-import sys
-import threading
 import time
 import warnings
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
-
-from inotify_simple import INotify, flags
 
 from nginx.render import TEMP_SUBDIRS, NginxOptions, security_headers, write_config
 from tests.support.paths import REPO
+from tests.support.servers import free_port, serving, wait_for_port
 
 NGINX = "/usr/sbin/nginx"
-FATRACE = "/usr/sbin/fatrace"
-
-
-def free_port() -> int:
-    """A port that was free a moment ago on 127.0.0.1 (bind port 0, read it, close)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_for_port(port: int, *, timeout: float = 15.0, proc: subprocess.Popen | None = None):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc is not None and proc.poll() is not None:
-            raise RuntimeError(f"process exited with {proc.returncode} before listening")
-        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.2):
-            return
-        time.sleep(0.05)
-    raise TimeoutError(f"nothing listens on 127.0.0.1:{port} after {timeout}s")
 
 
 # -- TLS material -------------------------------------------------------------------------------
@@ -156,13 +136,8 @@ def echo_upstream() -> Iterator[_EchoServer]:
     nginx): it reports what nginx forwarded."""
     server = _EchoServer(("127.0.0.1", 0), _EchoHandler)
     server.requests = []
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
+    with serving(server):
         yield server
-    finally:
-        server.shutdown()
-        server.server_close()
 
 
 # -- nginx --------------------------------------------------------------------------------------
@@ -365,161 +340,3 @@ def assert_json_error(status, headers, body, *, expected_status: int, code: str)
     for name, value in security_headers(hsts=HSTS, cache_control="no-store").items():
         assert lower[name.lower()] == value, name
     return payload
-
-
-# -- filesystem watch ---------------------------------------------------------------------------
-
-
-@dataclass
-class DiskWatch:
-    """fatrace (fanotify: every mounted filesystem, with the writing process id) running while
-    requests are served. `writes(pids)` lists the files those processes created or wrote.
-    Beside it, inotify on chosen directories (nginx's temp paths): `dir_events` lists anything
-    created, written, moved or deleted there, whoever did it."""
-
-    log: Path
-    proc: subprocess.Popen | None = None
-    events: list[tuple[str, int, str, str]] = field(default_factory=list)
-    inotify: INotify | None = None
-    watched: dict[int, Path] = field(default_factory=dict)
-    dir_events: list[str] = field(default_factory=list)
-
-    def watch_dirs(self, directories: Iterable[Path]) -> None:
-        self.inotify = INotify()
-        mask = (
-            flags.CREATE
-            | flags.MODIFY
-            | flags.CLOSE_WRITE
-            | flags.MOVED_TO
-            | flags.DELETE
-            | flags.OPEN
-        )
-        for directory in directories:
-            self.watched[self.inotify.add_watch(str(directory), mask)] = Path(directory)
-
-    def start(self, marker_dir: Path) -> None:
-        self.proc = subprocess.Popen(
-            [FATRACE, "-o", str(self.log)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
-        )
-        # fatrace says nothing when it is ready: write a marker until it shows up.
-        marker = marker_dir / f"fatrace-ready-{os.getpid()}"
-        deadline = time.monotonic() + 15
-        while time.monotonic() < deadline:
-            marker.write_text("ready")
-            time.sleep(0.1)
-            if self.log.exists() and marker.name in self.log.read_text(errors="replace"):
-                marker.unlink()
-                return
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"fatrace failed: {self.proc.stderr.read().decode()}")
-        raise TimeoutError("fatrace did not report a marker write within 15 s")
-
-    def stop(self) -> list[tuple[str, int, str, str]]:
-        if self.proc is not None and self.proc.poll() is None:
-            time.sleep(0.3)  # let the last events arrive
-            self.proc.send_signal(signal.SIGINT)
-            self.proc.wait(10)
-        if self.inotify is not None:
-            for event in self.inotify.read(timeout=0):
-                kinds = ",".join(str(f.name) for f in flags.from_mask(event.mask))
-                self.dir_events.append(f"{self.watched[event.wd] / event.name}: {kinds}")
-            self.inotify.close()
-        pattern = re.compile(r"^(.*)\((\d+)\): (\S+) +(.*)$")
-        self.events = []
-        for line in self.log.read_text(errors="replace").splitlines():
-            m = pattern.match(line)
-            if m:
-                self.events.append((m.group(1), int(m.group(2)), m.group(3), m.group(4)))
-        return self.events
-
-    def writes(self, pids: set[int], allowed: Iterable[Path] = ()) -> list[str]:
-        """Events by `pids` that create, write or move a file, except on the `allowed` files
-        (the logs). Read-only opens are not listed."""
-        allowed_names = {str(p) for p in allowed}
-        found = []
-        for comm, pid, kinds, path in self.events:
-            if pid not in pids or not set(kinds) & set("W+>"):
-                continue
-            if path in allowed_names:
-                continue
-            found.append(f"{comm}({pid}): {kinds} {path}")
-        return found
-
-
-@contextlib.contextmanager
-def disk_watch(directory: Path, inotify_dirs: Iterable[Path] = ()) -> Iterator[DiskWatch]:
-    watch = DiskWatch(directory / "fatrace.log")
-    watch.watch_dirs(inotify_dirs)
-    watch.start(directory)
-    try:
-        yield watch
-    finally:
-        watch.stop()
-
-
-# -- gunicorn + the app -------------------------------------------------------------------------
-
-
-@dataclass
-class AppServer:
-    """`gunicorn -c gunicorn.conf.py 'app:create_app()'` on 127.0.0.1, stdout (the audit log)
-    and stderr kept in files."""
-
-    proc: subprocess.Popen
-    port: int
-    stdout: Path
-    stderr: Path
-
-    def pids(self) -> set[int]:
-        """The master and its workers."""
-        pids = {self.proc.pid}
-        children = Path(f"/proc/{self.proc.pid}/task/{self.proc.pid}/children")
-        with contextlib.suppress(OSError):
-            pids |= {int(p) for p in children.read_text().split()}
-        return pids
-
-    def audit(self) -> list[dict]:
-        """The audit log lines so far."""
-        lines = self.stdout.read_text().splitlines()
-        return [json.loads(line) for line in lines if line.startswith("{")]
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
-
-
-def start_app(
-    directory: Path, model_dir: Path, env: dict[str, str], wrapper: Sequence[str] = ()
-) -> AppServer:
-    """Start gunicorn with the app on a free port (inside `wrapper`, e.g. bubblewrap); return
-    once /readyz answers 200."""
-    directory.mkdir(parents=True, exist_ok=True)
-    port = free_port()
-    full_env = {k: v for k, v in os.environ.items() if not k.startswith("M2FP_")}
-    full_env.update({"M2FP_MODEL_DIR": str(model_dir), "OMP_NUM_THREADS": "1", **env})
-    stdout, stderr = directory / "app.out", directory / "app.err"
-    proc = subprocess.Popen(
-        [*wrapper, str(Path(sys.executable).parent / "gunicorn"), "-c", "gunicorn.conf.py"]
-        + ["-b", f"127.0.0.1:{port}", "--threads", "4", "app:create_app()"],
-        cwd=REPO,
-        env=full_env,
-        stdout=stdout.open("wb"),
-        stderr=stderr.open("wb"),
-    )
-    server = AppServer(proc, port, stdout, stderr)
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"gunicorn exited:\n{stderr.read_text()[-3000:]}")
-        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.5) as s:
-            s.sendall(b"GET /readyz HTTP/1.0\r\nHost: localhost\r\n\r\n")
-            if s.recv(64).split(b"\r\n")[0].endswith(b" 200 OK"):
-                return server
-        time.sleep(0.2)
-    server.stop()
-    raise RuntimeError(f"gunicorn not ready in 120 s:\n{stderr.read_text()[-3000:]}")
