@@ -21,9 +21,13 @@ What an upload has to pass, in this order (cheapest first, nothing decoded befor
    stereo pairs, the gain map of Ultra HDR photos) lists the images that follow it, and each of
    those is itself a well-formed JPEG; anything else appended, such as the video of a "motion
    photo" (Google/Samsung), is refused with 415.
+   Counts that set the decoder's CPU time are bounded in the same walk: at most 64 JPEG scans,
+   1,024 JPEG segments, 20,000 PNG or WebP chunks (422, see `security.image_containers`).
 4. **Pixels**: the width and height read from the header (and again from Pillow's lazy
    `Image.open`, restricted to the sniffed format) must give at most `policy.max_pixels` (413);
-   a few-KB PNG declaring 30000x30000 is refused in microseconds, before any allocation.
+   a few-KB PNG declaring 30000x30000 is refused in microseconds, before any allocation. A
+   multi-scan JPEG's width x height x scans must stay within `policy.max_pixels` x
+   `SCANS_AT_THE_CAP` (422): libjpeg walks every block once per scan, even an empty one.
 5. **Decode** (422 when it fails, e.g. "image file is truncated", a broken Huffman table): the
    first frame only (animated WebP, APNG, MPO); large JPEGs are decoded at a reduced DCT scale
    (`draft`) when that still leaves at least `policy.max_side`; EXIF orientation applied;
@@ -70,6 +74,9 @@ _DECLARED = {"image/jpeg": JPEG, "image/jpg": JPEG, "image/png": PNG, "image/web
 _UNDECLARED = {"", "application/octet-stream", "binary/octet-stream"}
 _EXTENSIONS = {"jpg": JPEG, "jpeg": JPEG, "jfif": JPEG, "png": PNG, "webp": WEBP}
 _PLAIN_DETAIL = re.compile(r"[A-Za-z0-9 ,;:()'_-]{1,100}")
+# Scans a JPEG at the pixel cap may have: libjpeg's progressive script writes 10, mozjpeg 9 to
+# 13. Smaller images may have up to image_containers.MAX_SCANS.
+SCANS_AT_THE_CAP = 16
 _MEDIA_TYPE = re.compile(r"[a-z0-9][a-z0-9!#$&^_.+-]{0,62}/[a-z0-9][a-z0-9!#$&^_.+-]{0,62}")
 
 # Pillow's own decompression-bomb guard is a backstop behind the explicit checks below: it
@@ -150,8 +157,7 @@ def decode_image(
         raise ValueError(f"mime must be one of {', '.join(ALLOWED_MIMES)}, not {mime!r}")
     policy = policy or UploadPolicy()
     data = _bytes_within_cap(data, policy)
-    layout = _inspect(data, mime)
-    _check_pixels(layout.width, layout.height, policy)
+    _check_layout(_inspect(data, mime), policy)
     return _decode(data, mime, policy)
 
 
@@ -182,8 +188,7 @@ def _check(
         )
     _check_declared_type(sniffed, declared_type)
     _check_extension(sniffed, filename)
-    layout = _inspect(data, sniffed)
-    _check_pixels(layout.width, layout.height, policy)
+    _check_layout(_inspect(data, sniffed), policy)
     return sniffed
 
 
@@ -233,6 +238,17 @@ def _check_pixels(width: int, height: int, policy: UploadPolicy) -> None:
         )
 
 
+def _check_layout(layout: image_containers.Layout, policy: UploadPolicy) -> None:
+    """The pixel cap (413), then the scan budget (422)."""
+    _check_pixels(layout.width, layout.height, policy)
+    budget = policy.max_pixels * SCANS_AT_THE_CAP
+    if layout.width * layout.height * layout.scans > budget:
+        raise UnprocessableImage(
+            f"The image has {layout.scans} scans of {layout.width}x{layout.height} pixels; "
+            f"decoding it would cost too much (at most {budget} pixels x scans)."
+        )
+
+
 def _inspect(data: bytes, mime: str) -> image_containers.Layout:
     """Walk the container of `data`, refuse anything after its end, return its layout."""
     name = _NAMES[mime]
@@ -244,6 +260,10 @@ def _inspect(data: bytes, mime: str) -> image_containers.Layout:
         ) from None
     except image_containers.Broken as exc:
         raise UnprocessableImage(f"The {name} image is damaged: {exc}.") from None
+    except image_containers.TooCostly as exc:
+        raise UnprocessableImage(
+            f"The {name} image would cost too much to decode: {exc}."
+        ) from None
     if not image_containers.only_zeros(data, layout.end):
         raise UnsupportedMediaType(
             f"The {name} image is followed by {len(data) - layout.end} more bytes (such as an "
