@@ -418,3 +418,101 @@ def test_responses_never_reveal_internals(client):
 def test_json_bodies_are_valid_json(client):
     r = client.post(PARSE + "?output=json", data=images.webp(), content_type="image/webp")
     json.loads(r.get_data(as_text=True))
+
+
+# ----------------------------------------------------------- malformed bodies (issue 13, 3 and 8)
+
+_IMAGE_B64 = base64.b64encode(images.png()).decode()
+
+
+@pytest.mark.parametrize(
+    ("body", "fragment"),
+    [
+        (b"[" * 2000 + b"]" * 2000, "nested too deeply"),
+        (b'{"a":' * 2000 + b"1" + b"}" * 2000, "nested too deeply"),
+        (b'{"image": "x", "extra": ' + b"[" * 100_000 + b"]" * 100_000 + b"}", "deeply"),
+        (b'{"image": ' + b"9" * 5000 + b"}", "number is too long"),
+        (b'{"image": 1e999999}', "string field"),
+        (b'{"image": NaN}', "NaN is not JSON"),
+        (b'{"image": -Infinity}', "Infinity is not JSON"),
+        (b'{"image": "\xff\xfe"}', "not UTF-8"),
+        (json.dumps({"image": _IMAGE_B64}).encode("utf-16"), "not UTF-8"),
+        (b'{"image": "' + _IMAGE_B64.encode() + b'", "image": "AAAA"}', "repeated"),
+        (b'{"image": "\\ud800"}', "base64"),
+        (b'{"image": null}', "string field"),
+        (b'{"image": ["' + _IMAGE_B64.encode() + b'"]}', "string field"),
+        (b'{"image": {"data": "AAAA"}}', "string field"),
+        (b'"' + _IMAGE_B64.encode() + b'"', "string field"),
+        (b"12", "string field"),
+        (b"", "Expecting value"),
+        (b'{"image": "AAAA"', "delimiter"),
+    ],
+    ids=[
+        "deep-arrays",
+        "deep-objects",
+        "deep-sibling",
+        "huge-integer",
+        "huge-float",
+        "nan",
+        "infinity",
+        "invalid-utf8",
+        "utf16",
+        "duplicate-keys",
+        "lone-surrogate",
+        "null",
+        "array",
+        "object",
+        "top-level-string",
+        "top-level-number",
+        "empty",
+        "unterminated",
+    ],
+)
+def test_any_malformed_json_body_is_a_json_400(client, body, fragment):
+    """No RecursionError (a 500 with a traceback before) or other exception escapes."""
+    r = client.post(PARSE, data=body, content_type="application/json")
+    error = assert_error(r, 400)
+    assert fragment.lower() in error["message"].lower()
+
+
+def _multipart_raw(parts: list[tuple[bytes, bytes]], boundary: bytes = b"b0undary") -> dict:
+    """A multipart body written byte for byte (the test client would quote a CR or LF)."""
+    body = b"".join(
+        b"--" + boundary + b"\r\n" + head + b"\r\n\r\n" + data + b"\r\n" for head, data in parts
+    )
+    body += b"--" + boundary + b"--\r\n"
+    return {"data": body, "content_type": "multipart/form-data; boundary=" + boundary.decode()}
+
+
+@pytest.mark.parametrize("newline", [b"\r\n", b"\n", b"\r"])
+def test_line_break_in_a_file_name_is_400_not_413(client, newline):
+    """The break ends the part's header early: the file becomes a plain form field, and one
+    over the form-field cap (500 KB) was werkzeug's 413."""
+    large = images.padded_png(700_000)
+    head = (
+        b'Content-Disposition: form-data; name="image"; filename="a'
+        + newline
+        + b'b.png"\r\nContent-Type: image/png'
+    )
+    for data in (large, images.png()):
+        assert_error(client.post(PARSE, **_multipart_raw([(head, data)])), 400)
+
+
+def test_too_many_parts_is_400_not_413(client):
+    fields = [(b'Content-Disposition: form-data; name="f%d"' % i, b"v") for i in range(40)]
+    image = (
+        b'Content-Disposition: form-data; name="image"; filename="a.png"\r\n'
+        b"Content-Type: image/png",
+        images.png(),
+    )
+    error = assert_error(client.post(PARSE, **_multipart_raw([*fields, image])), 400)
+    assert "parts" in error["message"]
+    # the same image in a well-formed body still parses
+    assert client.post(PARSE + "?output=json", **_multipart_raw([image])).status_code == 200
+
+
+def test_multipart_body_over_the_byte_cap_is_still_413(make_app):
+    client = make_app(max_upload_mb=0.5, rate_limit="1000 per minute").test_client()
+    large = images.padded_png(700_000)
+    head = b'Content-Disposition: form-data; name="image"; filename="a.png"'
+    assert_error(client.post(PARSE, **_multipart_raw([(head, large)])), 413)
