@@ -57,6 +57,7 @@ class Layout:
     bits: int = 8  # bits per sample (JPEG precision, PNG bit depth)
     scans: int = 1  # JPEG: SOS segments; PNG, WebP: 1
     palette: bool = False  # PNG colour type 3: expanded to RGB or RGBA when converted
+    alpha: bool = False  # PNG: an alpha channel or a tRNS chunk; WebP: VP8X alpha or VP8L
 
 
 class NotThisFormat(ValueError):
@@ -209,7 +210,7 @@ def _png(data: bytes) -> Layout:
     if not data.startswith(_PNG_SIGNATURE):
         raise NotThisFormat("no PNG signature")
     view, pos, width, height = memoryview(data), len(_PNG_SIGNATURE), 0, 0
-    depth, color_type, chunks = 8, 2, 0
+    depth, color_type, chunks, transparency = 8, 2, 0, False
     while True:
         chunks += 1
         if chunks > MAX_CHUNKS:
@@ -229,6 +230,7 @@ def _png(data: bytes) -> Layout:
             raise Broken(f"bad CRC in a {kind.decode('ascii')} chunk")
         if kind == b"IHDR":
             width, height, depth, color_type = struct.unpack_from(">IIBB", data, pos + 8)
+        transparency = transparency or kind == b"tRNS"
         pos = chunk_end
         if kind == b"IEND":
             return Layout(
@@ -238,6 +240,7 @@ def _png(data: bytes) -> Layout:
                 channels=_PNG_CHANNELS.get(color_type, 4),
                 bits=depth,
                 palette=color_type == 3,
+                alpha=transparency or color_type in (4, 6),
             )
 
 
@@ -250,6 +253,10 @@ def _webp(data: bytes) -> Layout:
     if end > len(data):
         raise Broken("truncated: shorter than its RIFF length")
     pos, width, height, chunks = 12, 0, 0, 0
+    # VP8X flags bit 4: alpha; VP8L always decodes with an alpha channel
+    alpha = data[12:16] == b"VP8L" or (
+        data[12:16] == b"VP8X" and len(data) > 20 and bool(data[20] & 0x10)
+    )
     while pos < end:
         chunks += 1
         if chunks > MAX_CHUNKS:
@@ -266,7 +273,7 @@ def _webp(data: bytes) -> Layout:
     if pos == 12:
         raise Broken("no image chunk")
     # libwebp decodes into an RGBA canvas (Pillow's WebP plugin asks for RGBA or RGB)
-    return Layout(end, width, height, channels=4)
+    return Layout(end, width, height, channels=4, alpha=alpha)
 
 
 def _webp_size(kind: bytes, head: bytes) -> tuple[int, int]:

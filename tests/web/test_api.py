@@ -516,3 +516,28 @@ def test_multipart_body_over_the_byte_cap_is_still_413(make_app):
     large = images.padded_png(700_000)
     head = b'Content-Disposition: form-data; name="image"; filename="a.png"'
     assert_error(client.post(PARSE, **_multipart_raw([(head, large)])), 413)
+
+
+# ------------------------------------------------------------ decode budget (issue 13, item 2)
+
+
+def test_an_image_whose_decode_exceeds_the_budget_is_413(make_app):
+    client = make_app(decode_memory_mb=1, rate_limit="1000 per minute").test_client()
+    error = assert_error(client.post(PARSE, **multipart(images.png(1600, 1200))), 413)
+    assert "MiB" in error["message"]
+
+
+def test_no_decode_slot_in_time_is_503_with_retry_after(make_app, monkeypatch):
+    from web import service as service_module
+
+    monkeypatch.setattr(service_module, "DECODE_WAIT_S", 0.2)
+    app = make_app(decode_slots=1, rate_limit="1000 per minute")
+    client = app.test_client()
+    budget = app.extensions["m2fp_service"].decode_budget
+    assert budget.slots == 1
+    with budget.reserve(1, timeout=1):  # another request is decoding
+        r = client.post(PARSE, **multipart(images.png()))
+    assert_error(r, 503, "overloaded")
+    assert int(r.headers["Retry-After"]) >= 1
+    assert client.post(PARSE + "?output=json", **multipart(images.png())).status_code == 200
+    assert budget.in_use == (0, 0)
