@@ -28,11 +28,16 @@ What an upload has to pass, in this order (cheapest first, nothing decoded befor
    a few-KB PNG declaring 30000x30000 is refused in microseconds, before any allocation. A
    multi-scan JPEG's width x height x scans must stay within `policy.max_pixels` x
    `SCANS_AT_THE_CAP` (422): libjpeg walks every block once per scan, even an empty one.
-5. **Decode** (422 when it fails, e.g. "image file is truncated", a broken Huffman table): the
+5. **Memory** (`load_upload` with a `budget` only): the decode's peak memory, estimated from the
+   header (`security.decode_budget.estimate_bytes`), must fit the whole budget (413); the
+   decode then waits for one of the budget's slots and that much of its memory (503 with
+   Retry-After after `wait_s`).
+6. **Decode** (422 when it fails, e.g. "image file is truncated", a broken Huffman table): the
    first frame only (animated WebP, APNG, MPO); large JPEGs are decoded at a reduced DCT scale
-   (`draft`) when that still leaves at least `policy.max_side`; EXIF orientation applied;
-   palette, grey, 16-bit, CMYK and alpha modes normalised to RGB (transparency composited on
-   white); downscaled with Lanczos so the longest side is at most `policy.max_side`.
+   (`draft`) when that still leaves at least `policy.max_side`; palette, grey, 16-bit, CMYK and
+   alpha modes normalised to RGB (transparency composited on white) with as few full-size
+   copies as the mode allows; downscaled with Lanczos so the longest side is at most
+   `policy.max_side`; EXIF orientation applied to that working copy.
 
 The result, `DecodedImage`, holds only pixels and sizes: EXIF (GPS included), ICC, XMP and text
 chunks are dropped with the container.
