@@ -6,14 +6,15 @@ Usage: .venv/bin/python bench/decode_concurrency.py [--before REV] [--concurrenc
 
 For each mode (8-bit RGB, 8-bit RGBA, 16-bit grey, palette with a transparent entry) it writes
 one PNG of width x height pixels, then runs `--concurrency` threads that each decode it with
-`security.uploads.load_upload`, in a fresh process per (code, mode): once with the code of git
-revision `--before` (default: the merge base with main, extracted to a temporary directory),
-once with the working tree, which passes the upload through the decode budget as the service
-does (`--slots`, `--memory-mb`; default: the service's defaults for this machine; `--wait-s`
-for a slot, default 600 so that all uploads decode: the service waits 10 s, then answers
-503 with Retry-After, web/service.py DECODE_WAIT_S). It prints
-the worker's peak RSS growth over its idle RSS (VmHWM - VmRSS before the uploads), the wall
-time of the slowest upload, the answers, and the after/before ratios. Images are synthetic.
+`security.uploads.load_upload`, in a fresh process per (code, mode): with the code of git
+revision `--before` (default: the merge base with main, extracted to a temporary directory);
+with the working tree and no budget (what the fewer copies alone give); with the working tree
+through the decode budget, as the service does (`--slots`, `--memory-mb`; default: the
+service's defaults for this machine; `--wait-s` for a slot, default 600 so that all uploads
+decode: the service waits 10 s, then answers 503 with Retry-After, web/service.py
+DECODE_WAIT_S). It prints the worker's peak RSS growth over its idle RSS (VmHWM - VmRSS
+before the uploads), the wall time of the slowest upload, and the ratios to before. Images are
+synthetic.
 """
 
 from __future__ import annotations
@@ -216,22 +217,32 @@ def main() -> None:
         f"before: {before[:10]}, after: working tree; {os.cpu_count()} CPUs, "
         f"load {os.getloadavg()[0]:.1f}"
     )
-    header = f"{'mode':8} {'bytes':>9} | {'before MB':>9} {'s':>6} | {'after MB':>8} {'s':>6}"
-    print(header + f" | {'MB ratio':>8} {'s ratio':>7} | answers after (budget)")
+    print(
+        f"{'mode':8} {'bytes':>9} | {'before':>13} | {'after, no budget':>16} | "
+        f"{'after, budget':>13} | ratio to before: MB, s | answers (budget)"
+    )
     with tempfile.TemporaryDirectory(prefix="m2fp-bench-") as tmp:
         old = extract(before, Path(tmp) / "before")
         for mode in args.modes.split(","):
             image = Path(tmp) / f"{mode}.png"
             image.write_bytes(make_png(mode, args.width, args.height))
             b = run_one(old, image, args, budget=False)
+            n = run_one(REPO, image, args, budget=False)
             a = run_one(REPO, image, args, budget=True)
+            ratios = [
+                f"{r['growth_mb'] / max(b['growth_mb'], 1):.2f}, "
+                f"{r['slowest_s'] / max(b['slowest_s'], 1e-3):.2f}"
+                for r in (n, a)
+            ]
             print(
-                f"{mode:8} {image.stat().st_size:>9} | {b['growth_mb']:>9.0f} "
-                f"{b['slowest_s']:>6.1f} | {a['growth_mb']:>8.0f} {a['slowest_s']:>6.1f} | "
-                f"{a['growth_mb'] / max(b['growth_mb'], 1):>8.2f} "
-                f"{a['slowest_s'] / max(b['slowest_s'], 1e-3):>7.2f} | "
-                f"{a['answers']} ({a['budget']}); before: {b['answers']}"
+                f"{mode:8} {image.stat().st_size:>9} | {_cell(b):>13} | {_cell(n):>16} | "
+                f"{_cell(a):>13} | {ratios[0]} / {ratios[1]} | "
+                f"{a['answers']} ({a['budget']})"
             )
+
+
+def _cell(result: dict) -> str:
+    return f"{result['growth_mb']:.0f} MB {result['slowest_s']:.1f} s"
 
 
 def _merge_base() -> str:
