@@ -6,12 +6,13 @@ from __future__ import annotations
 import base64
 import io
 import json
+import time
 
 import numpy as np
 import pytest
 
 from m2fp.labels import CLASS_NAMES
-from tests.support import images
+from tests.support import bombs, images
 
 PARSE = "/api/v1/parse"
 ERROR_CODES = {
@@ -541,3 +542,71 @@ def test_no_decode_slot_in_time_is_503_with_retry_after(make_app, monkeypatch):
     assert int(r.headers["Retry-After"]) >= 1
     assert client.post(PARSE + "?output=json", **multipart(images.png())).status_code == 200
     assert budget.in_use == (0, 0)
+
+
+# ------------------------------------------------------- decode-cost bombs (issue 13, item 1)
+
+
+@pytest.mark.parametrize(
+    ("build", "mime"),
+    [
+        (lambda: bombs.jpeg_scan_bomb(5000), "image/jpeg"),
+        (lambda: bombs.png_chunk_flood(200_000), "image/png"),
+        (lambda: bombs.webp_chunk_flood(200_000), "image/webp"),
+    ],
+    ids=["jpeg-empty-scans", "png-idat-flood", "webp-chunk-flood"],
+)
+def test_decode_cost_bombs_are_422_in_milliseconds(client, build, mime):
+    data = build()
+    started = time.perf_counter()
+    r = client.post(PARSE, data=data, content_type=mime)
+    assert time.perf_counter() - started < 2.0
+    error = assert_error(r, 422)
+    assert "too much to decode" in error["message"]
+
+
+# ----------------------------------------------------- no input path raises (issue 13, item 3)
+
+
+def _mutations(base: bytes, rng: np.random.Generator, count: int) -> list[bytes]:
+    out = []
+    for _ in range(count):
+        data = bytearray(base)
+        for _ in range(int(rng.integers(1, 4))):
+            at = int(rng.integers(len(data)))
+            action = rng.random()
+            if action < 0.5:
+                data[at] = int(rng.integers(256))
+            elif action < 0.75:
+                del data[at : at + int(rng.integers(1, 8))]
+            else:
+                data[at:at] = rng.choice(
+                    list(b'{}[]",:\\\r\n-0e'), int(rng.integers(1, 6))
+                ).tobytes()
+        out.append(bytes(data))
+    return out
+
+
+@pytest.mark.parametrize("form", ["json", "multipart"])
+def test_mutated_bodies_only_ever_get_json_4xx_or_200(make_app, form):
+    """Seeded byte flips, cuts and insertions of valid JSON and multipart bodies (image bytes
+    kept tiny so that the framing gets hit): every answer is a JSON 200, 400, 413, 415 or 422
+    (bans are off here: invalid uploads would earn one after three)."""
+    client = make_app(rate_limit="10000 per minute", ban_after=1_000_000).test_client()
+    rng = np.random.default_rng(13)
+    image = images.png(8, 8)
+    if form == "json":
+        base = json.dumps({"image": "data:image/png;base64," + base64.b64encode(image).decode()})
+        content_type = "application/json"
+        bodies = _mutations(base.encode(), rng, 120)
+    else:
+        head = b'Content-Disposition: form-data; name="image"; filename="a.png"'
+        built = _multipart_raw([(head + b"\r\nContent-Type: image/png", image)])
+        content_type = built["content_type"]
+        bodies = _mutations(built["data"], rng, 120)
+    statuses = set()
+    for body in bodies:
+        r = client.post(PARSE + "?output=json", data=body, content_type=content_type)
+        assert r.mimetype == "application/json"
+        statuses.add(r.status_code)
+    assert 400 in statuses and statuses <= {200, 400, 413, 415, 422}
