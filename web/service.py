@@ -32,7 +32,7 @@ RETRY_NOT_READY = 10
 # beyond this the request gives up with 503 rather than holding its thread forever.
 ENGINE_TIMEOUT_S = 120.0
 # Longest wait for a decode slot (security.decode_budget); then 503 with Retry-After. A decode
-# at the pixel cap takes about a second.
+# at the pixel cap takes one to a few seconds on a busy CPU (docs/performance.md).
 DECODE_WAIT_S = 10.0
 
 
