@@ -42,8 +42,10 @@ class Settings:
     queue_max: int = 16
     # Uploads
     max_upload_mb: float = 10.0
-    max_pixels: int = 40_000_000
+    max_pixels: int = 24_000_000  # see docs/uploads.md, "Decode memory"
     max_side: int = 1920
+    decode_slots: int | None = None  # None (`auto`): the CPUs this process may use
+    decode_memory_mb: float | None = None  # None (`auto`): a quarter of the memory limit
     # Abuse control
     rate_limit: str = "5 per minute"
     ratelimit_storage: str = "memory://"
@@ -105,6 +107,10 @@ class Settings:
                 raise SettingsError(f"{PREFIX}{name.upper()} must be at least 1")
         if self.max_upload_mb <= 0:
             raise SettingsError("M2FP_MAX_UPLOAD_MB must be positive")
+        if self.decode_slots is not None and self.decode_slots < 1:
+            raise SettingsError("M2FP_DECODE_SLOTS must be at least 1 (or auto)")
+        if self.decode_memory_mb is not None and self.decode_memory_mb <= 0:
+            raise SettingsError("M2FP_DECODE_MEMORY_MB must be positive (or auto)")
         if self.trusted_proxies < 0:
             raise SettingsError("M2FP_TRUSTED_PROXIES must be 0 or more")
         if not 0 < self.memory_shed_fraction <= 1:

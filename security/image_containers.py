@@ -14,8 +14,15 @@ after the image (polyglots) and header bombs before any decoder runs.
 - PNG: signature, IHDR first, then length/type/data/CRC chunks (CRC checked) to IEND.
 - WebP: RIFF header, chunks (padded to even sizes) to the RIFF length; VP8, VP8L or VP8X first.
 
+Decode cost is bounded here too, before anything decodes: a file may hold at most
+`MAX_SEGMENTS` JPEG segments, `MAX_SCANS` JPEG scans, `MAX_CHUNKS` PNG or WebP chunks. A
+progressive JPEG's decoder walks its whole coefficient buffer once per scan (even an empty one),
+and every PNG chunk is a round trip through Pillow's Python chunk reader, so these counts, not
+the byte count, set the CPU time; `security.uploads` also bounds width x height x scans.
+
 Errors: `NotThisFormat` when the bytes only start like the format (a signature followed by
-something else), `Broken` when the structure is damaged or truncated.
+something else), `Broken` when the structure is damaged or truncated, `TooCostly` when it is
+well formed but its counts exceed the limits above.
 """
 
 from __future__ import annotations
@@ -27,12 +34,30 @@ from dataclasses import dataclass
 
 JPEG, PNG, WEBP = "image/jpeg", "image/png", "image/webp"
 
+# libjpeg's progressive script writes 10 scans for a colour image (6 for grey), mozjpeg's
+# optimised scans 9 to 13, a baseline file 1 (3 non-interleaved); a 4-component progressive file
+# about 14. 64 leaves a wide margin for unusual encoders while bounding the per-scan work: the
+# decoder walks the whole coefficient buffer once per scan, even for a scan with no data.
+MAX_SCANS = 64
+# Segments of one JPEG image besides the scans' data: APPn, DQT, DHT (one before each scan in
+# an optimised progressive file), SOF, DRI, COM: tens in real files, ~140 for a 64-scan file.
+MAX_SEGMENTS = 1024
+# PNG: libpng writes 8 KiB IDAT chunks (1,280 in a 10 MB file), some streaming encoders one per
+# row (8,000 for an 8000-row image). WebP: an animation is one ANMF chunk per frame. 20,000
+# chunks cost Pillow about 0.1 s; 200,000 empty ones cost it 1.7 s and the walk 0.8 s.
+MAX_CHUNKS = 20_000
+
 
 @dataclass(frozen=True)
 class Layout:
     end: int  # offset just past the image; the bytes after it should be nothing (or zeros)
     width: int  # as the header declares it (before EXIF orientation)
     height: int
+    channels: int = 3  # samples per pixel as decoded (a palette index counts as 1)
+    bits: int = 8  # bits per sample (JPEG precision, PNG bit depth)
+    scans: int = 1  # JPEG: SOS segments; PNG, WebP: 1
+    palette: bool = False  # PNG colour type 3: expanded to RGB or RGBA when converted
+    alpha: bool = False  # PNG: an alpha channel or a tRNS chunk; WebP: VP8X alpha or VP8L
 
 
 class NotThisFormat(ValueError):
@@ -41,6 +66,11 @@ class NotThisFormat(ValueError):
 
 class Broken(ValueError):
     """The format is right but its structure is damaged or truncated."""
+
+
+class TooCostly(ValueError):
+    """The structure is well formed but would cost too much to decode (too many scans,
+    segments or chunks)."""
 
 
 def walk(data: bytes, mime: str) -> Layout:
@@ -66,6 +96,7 @@ _MARKER_IN_SCAN = re.compile(rb"\xff[^\x00\xd0-\xd7\xff]")
 _SOF = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF}
 _STANDALONE = {0x01, *range(0xD0, 0xD8)}  # TEM, RST0-7: no length field
 _SOI, _EOI, _SOS, _APP2 = 0xD8, 0xD9, 0xDA, 0xE2
+_FILL = re.compile(rb"\xff*")  # fill bytes before a marker: skipped in C, not byte by byte
 
 
 def _jpeg(data: bytes, start: int, stop: int, *, primary: bool) -> Layout:
@@ -74,14 +105,17 @@ def _jpeg(data: bytes, start: int, stop: int, *, primary: bool) -> Layout:
     if data[start : start + 3] != b"\xff\xd8\xff":
         raise NotThisFormat("no start-of-image marker")
     pos, width, height, scans, mpf = start + 2, 0, 0, 0, None
+    components, bits, segments = 3, 8, 0
     while True:
         first = pos == start + 2
         if pos >= stop:
             raise Broken("truncated before the end-of-image marker")
         if data[pos] != 0xFF:
             raise Broken(f"no marker where one must be, at byte {pos - start}")
-        while pos < stop and data[pos] == 0xFF:
-            pos += 1
+        segments += 1
+        if segments > MAX_SEGMENTS:
+            raise TooCostly(f"more than {MAX_SEGMENTS} segments")
+        pos = min(_FILL.match(data, pos).end(), stop)  # type: ignore[union-attr]
         if pos >= stop:
             raise Broken("truncated before the end-of-image marker")
         code = data[pos]
@@ -103,13 +137,17 @@ def _jpeg(data: bytes, start: int, stop: int, *, primary: bool) -> Layout:
         if segment_end > stop:
             raise Broken(f"truncated inside segment 0xFF{code:02X}")
         if code in _SOF and not width and length >= 8:
+            bits = data[pos + 2]
             height = int.from_bytes(data[pos + 3 : pos + 5], "big")
             width = int.from_bytes(data[pos + 5 : pos + 7], "big")
+            components = data[pos + 7]
         elif code == _APP2 and primary and mpf is None and data[pos + 2 : pos + 6] == b"MPF\0":
             mpf = (pos + 6, segment_end)
         pos = segment_end
         if code == _SOS:
             scans += 1
+            if scans > MAX_SCANS:
+                raise TooCostly(f"more than {MAX_SCANS} scans")
             found = _MARKER_IN_SCAN.search(data, pos, stop)
             if found is None:
                 raise Broken("truncated inside the compressed image data")
@@ -119,7 +157,7 @@ def _jpeg(data: bytes, start: int, stop: int, *, primary: bool) -> Layout:
     end = pos
     if mpf is not None and not only_zeros(data, end, stop):
         end = _mpf_end(data, end, stop, *mpf)
-    return Layout(end, width, height)
+    return Layout(end, width, height, channels=components, bits=bits, scans=scans)
 
 
 def _mpf_end(data: bytes, end: int, stop: int, base: int, mpf_stop: int) -> int:
@@ -132,7 +170,7 @@ def _mpf_end(data: bytes, end: int, stop: int, base: int, mpf_stop: int) -> int:
             return end
         try:
             image = _jpeg(data, first, last, primary=False)
-        except ValueError:
+        except (NotThisFormat, Broken):
             return end
         if not only_zeros(data, image.end, last):
             return end
@@ -165,13 +203,18 @@ def _mpf_entries(data: bytes, base: int, stop: int) -> list[tuple[int, int]]:
 
 
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+_PNG_CHANNELS = {0: 1, 2: 3, 3: 1, 4: 2, 6: 4}  # by colour type: grey, RGB, palette, LA, RGBA
 
 
 def _png(data: bytes) -> Layout:
     if not data.startswith(_PNG_SIGNATURE):
         raise NotThisFormat("no PNG signature")
     view, pos, width, height = memoryview(data), len(_PNG_SIGNATURE), 0, 0
+    depth, color_type, chunks, transparency = 8, 2, 0, False
     while True:
+        chunks += 1
+        if chunks > MAX_CHUNKS:
+            raise TooCostly(f"more than {MAX_CHUNKS} chunks")
         if pos + 8 > len(data):
             raise Broken("truncated before the IEND chunk")
         length, kind = struct.unpack_from(">I4s", data, pos)
@@ -186,10 +229,19 @@ def _png(data: bytes) -> Layout:
         if zlib.crc32(view[pos + 4 : chunk_end - 4]) != crc:
             raise Broken(f"bad CRC in a {kind.decode('ascii')} chunk")
         if kind == b"IHDR":
-            width, height = struct.unpack_from(">II", data, pos + 8)
+            width, height, depth, color_type = struct.unpack_from(">IIBB", data, pos + 8)
+        transparency = transparency or kind == b"tRNS"
         pos = chunk_end
         if kind == b"IEND":
-            return Layout(pos, width, height)
+            return Layout(
+                pos,
+                width,
+                height,
+                channels=_PNG_CHANNELS.get(color_type, 4),
+                bits=depth,
+                palette=color_type == 3,
+                alpha=transparency or color_type in (4, 6),
+            )
 
 
 def _webp(data: bytes) -> Layout:
@@ -200,8 +252,15 @@ def _webp(data: bytes) -> Layout:
     end = 8 + int.from_bytes(data[4:8], "little")
     if end > len(data):
         raise Broken("truncated: shorter than its RIFF length")
-    pos, width, height = 12, 0, 0
+    pos, width, height, chunks = 12, 0, 0, 0
+    # VP8X flags bit 4: alpha; VP8L always decodes with an alpha channel
+    alpha = data[12:16] == b"VP8L" or (
+        data[12:16] == b"VP8X" and len(data) > 20 and bool(data[20] & 0x10)
+    )
     while pos < end:
+        chunks += 1
+        if chunks > MAX_CHUNKS:
+            raise TooCostly(f"more than {MAX_CHUNKS} chunks")
         if pos + 8 > end:
             raise Broken("a chunk header overruns the RIFF length")
         kind, size = struct.unpack_from("<4sI", data, pos)
@@ -213,7 +272,8 @@ def _webp(data: bytes) -> Layout:
         pos = chunk_end
     if pos == 12:
         raise Broken("no image chunk")
-    return Layout(end, width, height)
+    # libwebp decodes into an RGBA canvas (Pillow's WebP plugin asks for RGBA or RGB)
+    return Layout(end, width, height, channels=4, alpha=alpha)
 
 
 def _webp_size(kind: bytes, head: bytes) -> tuple[int, int]:
@@ -231,4 +291,17 @@ def _webp_size(kind: bytes, head: bytes) -> tuple[int, int]:
     raise Broken(f"a malformed {kind.decode('ascii').strip()} header")
 
 
-__all__ = ["JPEG", "PNG", "WEBP", "Broken", "Layout", "NotThisFormat", "only_zeros", "walk"]
+__all__ = [
+    "JPEG",
+    "MAX_CHUNKS",
+    "MAX_SCANS",
+    "MAX_SEGMENTS",
+    "PNG",
+    "WEBP",
+    "Broken",
+    "Layout",
+    "NotThisFormat",
+    "TooCostly",
+    "only_zeros",
+    "walk",
+]

@@ -21,14 +21,23 @@ What an upload has to pass, in this order (cheapest first, nothing decoded befor
    stereo pairs, the gain map of Ultra HDR photos) lists the images that follow it, and each of
    those is itself a well-formed JPEG; anything else appended, such as the video of a "motion
    photo" (Google/Samsung), is refused with 415.
+   Counts that set the decoder's CPU time are bounded in the same walk: at most 64 JPEG scans,
+   1,024 JPEG segments, 20,000 PNG or WebP chunks (422, see `security.image_containers`).
 4. **Pixels**: the width and height read from the header (and again from Pillow's lazy
    `Image.open`, restricted to the sniffed format) must give at most `policy.max_pixels` (413);
-   a few-KB PNG declaring 30000x30000 is refused in microseconds, before any allocation.
-5. **Decode** (422 when it fails, e.g. "image file is truncated", a broken Huffman table): the
+   a few-KB PNG declaring 30000x30000 is refused in microseconds, before any allocation. A
+   multi-scan JPEG's width x height x scans must stay within `policy.max_pixels` x
+   `SCANS_AT_THE_CAP` (422): libjpeg walks every block once per scan, even an empty one.
+5. **Memory** (`load_upload` with a `budget` only): the decode's peak memory, estimated from the
+   header (`security.decode_budget.estimate_bytes`), must fit the whole budget (413); the
+   decode then waits for one of the budget's slots and that much of its memory (503 with
+   Retry-After after `wait_s`).
+6. **Decode** (422 when it fails, e.g. "image file is truncated", a broken Huffman table): the
    first frame only (animated WebP, APNG, MPO); large JPEGs are decoded at a reduced DCT scale
-   (`draft`) when that still leaves at least `policy.max_side`; EXIF orientation applied;
-   palette, grey, 16-bit, CMYK and alpha modes normalised to RGB (transparency composited on
-   white); downscaled with Lanczos so the longest side is at most `policy.max_side`.
+   (`draft`) when that still leaves at least `policy.max_side`; palette, grey, 16-bit, CMYK and
+   alpha modes normalised to RGB (transparency composited on white) with as few full-size
+   copies as the mode allows; downscaled with Lanczos so the longest side is at most
+   `policy.max_side`; EXIF orientation applied to that working copy.
 
 The result, `DecodedImage`, holds only pixels and sizes: EXIF (GPS included), ICC, XMP and text
 chunks are dropped with the container.
@@ -40,6 +49,7 @@ import io
 import math
 import re
 import struct
+import sys
 import threading
 import warnings
 import zlib
@@ -48,9 +58,10 @@ from typing import TYPE_CHECKING
 
 import magic
 import numpy as np
-from PIL import Image, ImageOps
+from PIL import Image
 
-from security import image_containers
+from security import decode_budget, image_containers
+from security.decode_budget import DecodeBudget
 from security.errors import (
     BadRequest,
     PayloadTooLarge,
@@ -70,35 +81,51 @@ _DECLARED = {"image/jpeg": JPEG, "image/jpg": JPEG, "image/png": PNG, "image/web
 _UNDECLARED = {"", "application/octet-stream", "binary/octet-stream"}
 _EXTENSIONS = {"jpg": JPEG, "jpeg": JPEG, "jfif": JPEG, "png": PNG, "webp": WEBP}
 _PLAIN_DETAIL = re.compile(r"[A-Za-z0-9 ,;:()'_-]{1,100}")
+# Scans a JPEG at the pixel cap may have: libjpeg's progressive script writes 10, mozjpeg 9 to
+# 13. Smaller images may have up to image_containers.MAX_SCANS.
+SCANS_AT_THE_CAP = 16
 _MEDIA_TYPE = re.compile(r"[a-z0-9][a-z0-9!#$&^_.+-]{0,62}/[a-z0-9][a-z0-9!#$&^_.+-]{0,62}")
 
 # Pillow's own decompression-bomb guard is a backstop behind the explicit checks below: it
 # only warns up to 2x MAX_IMAGE_PIXELS, so make the warning an error and lower the cap to the
 # default policy (raised, never lowered, for a policy that allows more: see _pillow_cap).
 warnings.simplefilter("error", Image.DecompressionBombWarning)
-Image.MAX_IMAGE_PIXELS = 40_000_000
+# 24 MP: the largest image whose worst-case decode (a WebP with alpha, ~21 bytes a pixel,
+# security.decode_budget) fits half the default decode budget of a 4 GiB machine (a quarter of
+# it), so two such decodes run at once; 6000x4000, 24 MP cameras, 12 MP phone photos.
+DEFAULT_MAX_PIXELS = 24_000_000
+Image.MAX_IMAGE_PIXELS = DEFAULT_MAX_PIXELS
 _PILLOW_CAP_LOCK = threading.Lock()
 
 
 @dataclass(frozen=True)
 class UploadPolicy:
     max_bytes: int = 10 * 1024 * 1024
-    max_pixels: int = 40_000_000
+    max_pixels: int = DEFAULT_MAX_PIXELS
     max_side: int = 1920  # working copy: longest side at most this (downscale only)
+    # for the service's DecodeBudget (security.decode_budget.budget_for); None: automatic
+    decode_slots: int | None = None
+    decode_memory: int | None = None  # bytes
 
     def __post_init__(self) -> None:
-        for name in ("max_bytes", "max_pixels", "max_side"):
+        for name in ("max_bytes", "max_pixels", "max_side", "decode_slots", "decode_memory"):
             value = getattr(self, name)
+            if value is None and name.startswith("decode_"):
+                continue
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"UploadPolicy.{name} must be a positive integer, not {value!r}")
 
     @classmethod
     def from_settings(cls, settings: Settings) -> UploadPolicy:
-        """The policy of `M2FP_MAX_UPLOAD_MB`, `M2FP_MAX_PIXELS` and `M2FP_MAX_SIDE`."""
+        """The policy of `M2FP_MAX_UPLOAD_MB`, `M2FP_MAX_PIXELS`, `M2FP_MAX_SIDE`,
+        `M2FP_DECODE_SLOTS` and `M2FP_DECODE_MEMORY_MB`."""
+        memory_mb = settings.decode_memory_mb
         return cls(
             max_bytes=settings.max_upload_bytes,
             max_pixels=settings.max_pixels,
             max_side=settings.max_side,
+            decode_slots=settings.decode_slots,
+            decode_memory=int(memory_mb * 1024 * 1024) if memory_mb else None,
         )
 
 
@@ -133,7 +160,7 @@ def check_upload(
     that disagree, data after the image) or `UnprocessableImage` (422: broken structure).
     """
     policy = policy or UploadPolicy()
-    return _check(_bytes_within_cap(data, policy), declared_type, filename, policy)
+    return _check(_bytes_within_cap(data, policy), declared_type, filename, policy)[0]
 
 
 def decode_image(
@@ -150,8 +177,7 @@ def decode_image(
         raise ValueError(f"mime must be one of {', '.join(ALLOWED_MIMES)}, not {mime!r}")
     policy = policy or UploadPolicy()
     data = _bytes_within_cap(data, policy)
-    layout = _inspect(data, mime)
-    _check_pixels(layout.width, layout.height, policy)
+    _check_layout(_inspect(data, mime), policy)
     return _decode(data, mime, policy)
 
 
@@ -161,11 +187,23 @@ def load_upload(
     declared_type: str | None = None,
     filename: str | None = None,
     policy: UploadPolicy | None = None,
+    budget: DecodeBudget | None = None,
+    wait_s: float = 10.0,
 ) -> DecodedImage:
-    """`check_upload` then decode: the one call the service makes for each upload."""
+    """`check_upload` then decode: the one call the service makes for each upload.
+
+    With a `budget`, the decode holds one of its slots and the memory `decode_budget`
+    estimates for it: PayloadTooLarge (413) when the estimate exceeds the whole budget,
+    Overloaded (503, Retry-After) when none came free within `wait_s` seconds.
+    """
     policy = policy or UploadPolicy()
     data = _bytes_within_cap(data, policy)
-    return _decode(data, _check(data, declared_type, filename, policy), policy)
+    mime, layout = _check(data, declared_type, filename, policy)
+    if budget is None:
+        return _decode(data, mime, policy)
+    estimate = decode_budget.estimate_bytes(layout, mime, max_side=policy.max_side)
+    with budget.reserve(estimate, timeout=wait_s):
+        return _decode(data, mime, policy)
 
 
 # --------------------------------------------------------------------------------------------
@@ -174,7 +212,7 @@ def load_upload(
 
 def _check(
     data: bytes, declared_type: str | None, filename: str | None, policy: UploadPolicy
-) -> str:
+) -> tuple[str, image_containers.Layout]:
     sniffed = sniff_mime(data)
     if sniffed not in ALLOWED_MIMES:
         raise UnsupportedMediaType(
@@ -183,8 +221,8 @@ def _check(
     _check_declared_type(sniffed, declared_type)
     _check_extension(sniffed, filename)
     layout = _inspect(data, sniffed)
-    _check_pixels(layout.width, layout.height, policy)
-    return sniffed
+    _check_layout(layout, policy)
+    return sniffed, layout
 
 
 def _bytes_within_cap(data: bytes | bytearray | memoryview, policy: UploadPolicy) -> bytes:
@@ -233,6 +271,17 @@ def _check_pixels(width: int, height: int, policy: UploadPolicy) -> None:
         )
 
 
+def _check_layout(layout: image_containers.Layout, policy: UploadPolicy) -> None:
+    """The pixel cap (413), then the scan budget (422)."""
+    _check_pixels(layout.width, layout.height, policy)
+    budget = policy.max_pixels * SCANS_AT_THE_CAP
+    if layout.width * layout.height * layout.scans > budget:
+        raise UnprocessableImage(
+            f"The image has {layout.scans} scans of {layout.width}x{layout.height} pixels; "
+            f"decoding it would cost too much (at most {budget} pixels x scans)."
+        )
+
+
 def _inspect(data: bytes, mime: str) -> image_containers.Layout:
     """Walk the container of `data`, refuse anything after its end, return its layout."""
     name = _NAMES[mime]
@@ -244,6 +293,10 @@ def _inspect(data: bytes, mime: str) -> image_containers.Layout:
         ) from None
     except image_containers.Broken as exc:
         raise UnprocessableImage(f"The {name} image is damaged: {exc}.") from None
+    except image_containers.TooCostly as exc:
+        raise UnprocessableImage(
+            f"The {name} image would cost too much to decode: {exc}."
+        ) from None
     if not image_containers.only_zeros(data, layout.end):
         raise UnsupportedMediaType(
             f"The {name} image is followed by {len(data) - layout.end} more bytes (such as an "
@@ -268,11 +321,16 @@ def _decode(data: bytes, mime: str, policy: UploadPolicy) -> DecodedImage:
             if mime == JPEG:
                 _draft(im, policy.max_side)
             im.load()
-            if im.getexif().get(0x0112, 1) in (5, 6, 7, 8):  # Orientation: turned a quarter
-                width, height = height, width
-            ImageOps.exif_transpose(im, in_place=True)
-            # a writeable array owned by the caller, made before `with` closes the image
-            pixels = np.array(_downscale(_to_rgb(im), policy.max_side), dtype=np.uint8)
+            orientation = im.getexif().get(0x0112, 1)
+            # reduced to the working copy before turning: a quarter turn of the full image
+            # would be one more full-size copy
+            working = _working_copy(im, policy.max_side)
+        if orientation in (5, 6, 7, 8):  # turned a quarter
+            width, height = height, width
+        if orientation in _TRANSPOSE:
+            working = working.transpose(_TRANSPOSE[orientation])
+        # a writeable array owned by the caller
+        pixels = np.array(working, dtype=np.uint8)
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
         raise PayloadTooLarge(f"The image is over {policy.max_pixels} pixels.") from None
     except (OSError, SyntaxError, ValueError, EOFError, struct.error, zlib.error) as exc:
@@ -285,6 +343,19 @@ def _decode(data: bytes, mime: str, policy: UploadPolicy) -> DecodedImage:
         original_size=(width, height),
         bytes_in=len(data),
     )
+
+
+# EXIF orientation → the transposition that makes the stored image upright (as
+# ImageOps.exif_transpose does)
+_TRANSPOSE = {
+    2: Image.Transpose.FLIP_LEFT_RIGHT,
+    3: Image.Transpose.ROTATE_180,
+    4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE,
+    6: Image.Transpose.ROTATE_270,
+    7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_90,
+}
 
 
 def _pillow_cap(max_pixels: int) -> None:
@@ -304,17 +375,36 @@ def _draft(im: Image.Image, max_side: int) -> None:
         im.draft(None, (math.ceil(width * scale), math.ceil(height * scale)))
 
 
-def _to_rgb(im: Image.Image) -> Image.Image:
-    """Any decoded mode as 8-bit RGB; transparency composited on white."""
+def _working_copy(im: Image.Image, max_side: int) -> Image.Image:
+    """Any decoded mode as 8-bit RGB at most `max_side` on the long side, with as few
+    full-size copies as the mode allows (`security.decode_budget.estimate_bytes` counts them):
+    one-band images are reduced before they become RGB; transparency is composited on white
+    at full size, in one RGB copy."""
     if im.mode in ("I;16", "I;16B", "I;16L", "I"):  # 16-bit grey PNG: scale, do not clip
-        grey = np.asarray(im).astype(np.uint32) >> 8
-        return Image.fromarray(np.clip(grey, 0, 255).astype(np.uint8), "L").convert("RGB")
+        return _downscale(_high_bytes(im), max_side).convert("RGB")
     if im.has_transparency_data:
-        rgba = im.convert("RGBA")
-        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        white.alpha_composite(rgba)
-        return white.convert("RGB")
-    return im if im.mode == "RGB" else im.convert("RGB")
+        rgba = im if im.mode == "RGBA" else im.convert("RGBA")
+        rgb = Image.new("RGB", rgba.size, (255, 255, 255))
+        rgb.paste(rgba, mask=rgba)
+        del rgba
+        return _downscale(rgb, max_side)
+    if im.mode in ("L", "1"):
+        return _downscale(im if im.mode == "L" else im.convert("L"), max_side).convert("RGB")
+    return _downscale(im if im.mode == "RGB" else im.convert("RGB"), max_side)
+
+
+def _high_bytes(im: Image.Image) -> Image.Image:
+    """The top 8 bits of a 16-bit grey image, as "L" (one byte a pixel, no uint32 copies)."""
+    samples = np.asarray(im)
+    if samples.dtype.itemsize == 4:  # mode "I": 32-bit, 16-bit values
+        high = (np.clip(samples, 0, 65535) >> 8).astype(np.uint8)
+    else:
+        little = samples.dtype.byteorder == "<" or (
+            samples.dtype.byteorder == "=" and sys.byteorder == "little"
+        )
+        high = np.ascontiguousarray(samples.view(np.uint8)[:, 1 if little else 0 :: 2])
+    del samples
+    return Image.fromarray(high)
 
 
 def _downscale(im: Image.Image, max_side: int) -> Image.Image:

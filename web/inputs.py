@@ -6,6 +6,11 @@
 
 The result is the bytes plus what the client claims about them (declared type, file name):
 `security.uploads` decides whether the claims and the bytes agree. Nothing here decodes images.
+
+Every malformed body is a `BadRequest` (400), whatever is wrong with it: JSON nested deeper than
+Python's recursion limit, not UTF-8, with NaN or Infinity, repeated keys or wrong types; a
+multipart body with too many parts or a form field over its memory cap (what a CR or LF in a
+file name turns the file part into). Only a body over its byte allowance is a 413.
 """
 
 from __future__ import annotations
@@ -17,9 +22,10 @@ import re
 from dataclasses import dataclass
 
 from flask import Request
+from werkzeug.exceptions import RequestEntityTooLarge
 
 from security.errors import BadRequest, PayloadTooLarge, UnsupportedMediaType
-from web.context import FORM_OVERHEAD, json_body_allowance
+from web.context import FORM_OVERHEAD, MAX_FORM_FIELD_BYTES, MAX_FORM_PARTS, json_body_allowance
 
 FILE_FIELDS = ("image", "file", "image_file")
 RAW_TYPES = ("image/jpeg", "image/png", "image/webp", "application/octet-stream")
@@ -82,23 +88,69 @@ def _read_body(request: Request, allowance: int) -> bytes:
 
 
 def _from_multipart(request: Request) -> Upload:
-    present = [name for name in FILE_FIELDS if name in request.files]
+    # The body is within its allowance (read above), so werkzeug's 413s from here on are about
+    # the form's structure: more than MAX_FORM_PARTS parts, or a part without a file name (a
+    # CR or LF inside the name ends the part's header early) holding more than the form-field
+    # cap. Both are malformed requests, not sizes.
+    try:
+        files = request.files
+    except RequestEntityTooLarge:
+        raise BadRequest(
+            f"The multipart body is malformed: more than {MAX_FORM_PARTS} parts, or a "
+            f"non-file field over {MAX_FORM_FIELD_BYTES} bytes (is there a line break in the "
+            "file name?). " + _USAGE
+        ) from None
+    present = [name for name in FILE_FIELDS if name in files]
     if not present:
         raise BadRequest("No file in the multipart field 'image'. " + _USAGE)
-    if len(present) > 1 or len(request.files.getlist(present[0])) > 1:
+    if len(present) > 1 or len(files.getlist(present[0])) > 1:
         raise BadRequest("Send exactly one image per request.")
-    part = request.files[present[0]]
+    part = files[present[0]]
     declared = part.mimetype or None
     if declared == "application/octet-stream":
         declared = None
     return Upload(part.stream.read(), declared, part.filename or None)
 
 
-def _from_json(raw: bytes, max_bytes: int) -> Upload:
+class _Refused(ValueError):
+    """What the JSON module accepts but this API does not."""
+
+
+def _object(pairs: list[tuple[str, object]]) -> dict[str, object]:
+    """A JSON object; a repeated key is an error (which of the two would count is ambiguous)."""
+    body = dict(pairs)
+    if len(body) != len(pairs):
+        raise _Refused("a key is repeated")
+    return body
+
+
+def _no_constant(name: str) -> object:
+    raise _Refused(f"{name} is not JSON")
+
+
+# RFC 8259: UTF-8 only (json.loads on bytes would also guess UTF-16 and UTF-32); no NaN or
+# Infinity (Python's extension); objects through _object.
+_JSON = json.JSONDecoder(object_pairs_hook=_object, parse_constant=_no_constant)
+
+
+def _parse_json(raw: bytes) -> object:
     try:
-        body = json.loads(raw)
-    except (ValueError, UnicodeDecodeError):
-        raise BadRequest("The body is not valid JSON. " + _USAGE) from None
+        return _JSON.decode(raw.decode("utf-8"))
+    except UnicodeDecodeError:
+        raise BadRequest("The body is not valid JSON: it is not UTF-8. " + _USAGE) from None
+    except RecursionError:
+        # The C scanner counts its depth against the recursion limit and unwinds cleanly.
+        raise BadRequest("The body is not valid JSON: it is nested too deeply.") from None
+    except json.JSONDecodeError as exc:
+        raise BadRequest(f"The body is not valid JSON ({exc.msg}). " + _USAGE) from None
+    except _Refused as exc:
+        raise BadRequest(f"The body is not valid JSON ({exc}). " + _USAGE) from None
+    except ValueError:  # an integer of more than 4300 digits (sys.get_int_max_str_digits)
+        raise BadRequest("The body is not valid JSON: a number is too long. " + _USAGE) from None
+
+
+def _from_json(raw: bytes, max_bytes: int) -> Upload:
+    body = _parse_json(raw)
     if not isinstance(body, dict) or not isinstance(body.get("image"), str):
         raise BadRequest('The JSON body needs a string field "image". ' + _USAGE)
     text: str = body["image"]

@@ -5,11 +5,12 @@ strikes, inference through the engine's queue. One instance per app, in
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from m2fp.engine import EngineNotReady, QueueFull
 from security.abuse import BanList, Identity
+from security.decode_budget import DecodeBudget, budget_for
 from security.errors import (
     NotReady,
     Overloaded,
@@ -30,6 +31,9 @@ RETRY_NOT_READY = 10
 # Longest wait for a result (queue + inference). On CPU the full model takes seconds per image;
 # beyond this the request gives up with 503 rather than holding its thread forever.
 ENGINE_TIMEOUT_S = 120.0
+# Longest wait for a decode slot (security.decode_budget); then 503 with Retry-After. A decode
+# at the pixel cap takes one to a few seconds on a busy CPU (docs/performance.md).
+DECODE_WAIT_S = 10.0
 
 
 @dataclass
@@ -39,6 +43,17 @@ class ParseService:
     memory: MemoryGuard
     metrics: ServiceMetrics
     bans: BanList
+    # None: M2FP_DECODE_SLOTS and M2FP_DECODE_MEMORY_MB (auto: the CPUs, a quarter of the limit
+    # memory shedding watches)
+    decode_budget: DecodeBudget | None = field(default=None)
+
+    def __post_init__(self) -> None:
+        if self.decode_budget is None:
+            self.decode_budget = budget_for(
+                slots=self.policy.decode_slots,
+                memory_bytes=self.policy.decode_memory,
+                memory_limit=self.memory.reading().limit,
+            )
 
     @property
     def engine(self) -> Any:
@@ -63,9 +78,13 @@ class ParseService:
                 declared_type=upload.declared_type,
                 filename=upload.filename,
                 policy=self.policy,
+                budget=self.decode_budget,
+                wait_s=DECODE_WAIT_S,
             )
         except (UnsupportedMediaType, UnprocessableImage, PayloadTooLarge):
-            # The byte cap was checked before; a 413 from here is the pixel cap.
+            # The byte cap was checked before; a 413 from here is the pixel cap or an image
+            # whose decode would need more than the whole decode budget. Waiting too long for
+            # a slot (503) is not the client's fault.
             if identity is not None:
                 self.bans.strike(identity.subject)
             raise
@@ -92,4 +111,4 @@ class ParseService:
         return result, timings.get("queue", 0.0)
 
 
-__all__ = ["ENGINE_TIMEOUT_S", "ParseService"]
+__all__ = ["DECODE_WAIT_S", "ENGINE_TIMEOUT_S", "ParseService"]

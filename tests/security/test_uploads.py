@@ -410,7 +410,7 @@ def test_policy_validation_and_settings():
         UploadPolicy(max_side=1.5)
     settings = Settings.from_env({"M2FP_MAX_UPLOAD_MB": "2", "M2FP_MAX_SIDE": "640"})
     policy = UploadPolicy.from_settings(settings)
-    assert policy == UploadPolicy(max_bytes=2 * 1024 * 1024, max_pixels=40_000_000, max_side=640)
+    assert policy == UploadPolicy(max_bytes=2 * 1024 * 1024, max_pixels=24_000_000, max_side=640)
 
 
 def test_bytes_like_bodies_are_accepted():

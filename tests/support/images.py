@@ -6,6 +6,10 @@
   `padded_png`; broken ones: `truncated_jpeg`
 - decompression bombs (a few KB declaring gigapixels): `png_bomb`, `jpeg_bomb`,
   `webp_lossless_bomb`, `webp_lossy_bomb`, `webp_canvas_bomb`
+- decode-cost bombs (small, valid-looking files that cost far more CPU than their size
+  suggests; the container walk refuses them): `progressive_jpeg`, `jpeg_scan_bomb`,
+  `jpeg_segment_flood`, `png_chunk_flood`, `png_ancillary_flood`, `webp_chunk_flood`,
+  `webp_frame_flood`
 - what is not an allowed image (polyglots, look-alikes, other formats): `TEXT`, `HTML`, `SVG`,
   `NOT_IMAGES`, `zip_archive`, `other_formats`
 - checks for `quadrants` after a decode: `RED`…`WHITE`, `quadrant_colours`, `assert_quadrants`
@@ -283,3 +287,71 @@ def assert_quadrants(array: np.ndarray, expected: list[tuple[int, int, int]], to
     found = quadrant_colours(array)
     for got, want in zip(found, expected, strict=True):
         assert max(abs(g - w) for g, w in zip(got, want, strict=True)) <= tol, (found, expected)
+
+
+# ---- decode-cost bombs -------------------------------------------------------------------
+
+_SOS = b"\xff\xda"
+_EOI = b"\xff\xd9"
+
+
+def progressive_jpeg(width: int = 64, height: int = 48) -> bytes:
+    """A real progressive JPEG (libjpeg's default script: 10 scans for colour)."""
+    return encode(noise(width, height), "JPEG", progressive=True, quality=90)
+
+
+def jpeg_scan_bomb(scans: int = 5000, *, width: int = 1024, height: int = 1024) -> bytes:
+    """A progressive JPEG with `scans` extra copies of its last scan header (SOS), each with no
+    entropy-coded data, before EOI. libjpeg walks the whole coefficient buffer once per scan:
+    the decode costs width x height x scans while the file grows by 14 bytes per scan."""
+    data = progressive_jpeg(width, height)
+    last = data.rindex(_SOS)
+    length = int.from_bytes(data[last + 2 : last + 4], "big")
+    header = data[last : last + 2 + length]
+    assert data.endswith(_EOI)
+    return data[:-2] + header * scans + _EOI
+
+
+def png_chunk_flood(chunks: int = 200_000, *, width: int = 64, height: int = 48) -> bytes:
+    """A small PNG whose image data is split into `chunks` IDAT chunks (one byte of zlib
+    stream each, the rest empty): 12 bytes of framing and a CRC per chunk, and one round trip
+    through the decoder's Python chunk reader each."""
+    rows = b"".join(b"\x00" + bytes(width) for _ in range(height))
+    stream = zlib.compress(rows, 9)
+    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    idats = [png_chunk(b"IDAT", stream[i : i + 1]) for i in range(len(stream))]
+    idats += [png_chunk(b"IDAT", b"")] * max(0, chunks - len(idats))
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + png_chunk(b"IHDR", header)
+        + b"".join(idats)
+        + png_chunk(b"IEND", b"")
+    )
+
+
+def png_ancillary_flood(chunks: int = 200_000) -> bytes:
+    """A small valid PNG with `chunks` empty private ancillary chunks (`prVt`) before IDAT."""
+    data = encode(noise(16, 16), "PNG")
+    first_idat = data.index(b"IDAT") - 4
+    return data[:first_idat] + png_chunk(b"prVt", b"") * chunks + data[first_idat:]
+
+
+def jpeg_segment_flood(segments: int = 200_000) -> bytes:
+    """A small JPEG with `segments` empty comment segments (COM, 4 bytes each) after SOI."""
+    data = encode(noise(16, 16), "JPEG")
+    return data[:2] + b"\xff\xfe\x00\x02" * segments + data[2:]
+
+
+def webp_chunk_flood(chunks: int = 200_000) -> bytes:
+    """An extended WebP (VP8X) with `chunks` empty unknown chunks after its image."""
+    frames = [noise(16, 16, seed) for seed in range(2)]
+    data = bytearray(encode(frames[0], "WEBP", save_all=True, append_images=frames[1:]))
+    data += b"XTRA\x00\x00\x00\x00" * chunks
+    data[4:8] = (len(data) - 8).to_bytes(4, "little")
+    return bytes(data)
+
+
+def webp_frame_flood(frames: int = 2000, *, side: int = 16) -> bytes:
+    """An animated WebP of `frames` tiny frames."""
+    images = [noise(side, side, seed % 7) for seed in range(frames)]
+    return encode(images[0], "WEBP", save_all=True, append_images=images[1:], lossless=True)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import io
 import json
+import time
 from pathlib import Path
 
 import numpy as np
@@ -436,3 +437,194 @@ def test_json_bodies_are_valid_json(client):
     assert r.status_code == 200, r.get_data(as_text=True)
     assert r.mimetype == "application/json"
     json.loads(r.get_data(as_text=True))
+
+
+# ----------------------------------------------------------- malformed bodies (issue 13, 3 and 8)
+
+_IMAGE_B64 = base64.b64encode(images.png()).decode()
+
+
+@pytest.mark.parametrize(
+    ("body", "fragment"),
+    [
+        (b"[" * 2000 + b"]" * 2000, "nested too deeply"),
+        (b'{"a":' * 2000 + b"1" + b"}" * 2000, "nested too deeply"),
+        (b'{"image": "x", "extra": ' + b"[" * 100_000 + b"]" * 100_000 + b"}", "deeply"),
+        (b'{"image": ' + b"9" * 5000 + b"}", "number is too long"),
+        (b'{"image": 1e999999}', "string field"),
+        (b'{"image": NaN}', "NaN is not JSON"),
+        (b'{"image": -Infinity}', "Infinity is not JSON"),
+        (b'{"image": "\xff\xfe"}', "not UTF-8"),
+        (json.dumps({"image": _IMAGE_B64}).encode("utf-16"), "not UTF-8"),
+        (b'{"image": "' + _IMAGE_B64.encode() + b'", "image": "AAAA"}', "repeated"),
+        (b'{"image": "\\ud800"}', "base64"),
+        (b'{"image": null}', "string field"),
+        (b'{"image": ["' + _IMAGE_B64.encode() + b'"]}', "string field"),
+        (b'{"image": {"data": "AAAA"}}', "string field"),
+        (b'"' + _IMAGE_B64.encode() + b'"', "string field"),
+        (b"12", "string field"),
+        (b"", "Expecting value"),
+        (b'{"image": "AAAA"', "delimiter"),
+    ],
+    ids=[
+        "deep-arrays",
+        "deep-objects",
+        "deep-sibling",
+        "huge-integer",
+        "huge-float",
+        "nan",
+        "infinity",
+        "invalid-utf8",
+        "utf16",
+        "duplicate-keys",
+        "lone-surrogate",
+        "null",
+        "array",
+        "object",
+        "top-level-string",
+        "top-level-number",
+        "empty",
+        "unterminated",
+    ],
+)
+def test_any_malformed_json_body_is_a_json_400(client, body, fragment):
+    """No RecursionError (a 500 with a traceback before) or other exception escapes."""
+    r = client.post(PARSE, data=body, content_type="application/json")
+    error = assert_error(r, 400)
+    assert fragment.lower() in error["message"].lower()
+
+
+def _multipart_raw(parts: list[tuple[bytes, bytes]], boundary: bytes = b"b0undary") -> dict:
+    """A multipart body written byte for byte (the test client would quote a CR or LF)."""
+    body = b"".join(
+        b"--" + boundary + b"\r\n" + head + b"\r\n\r\n" + data + b"\r\n" for head, data in parts
+    )
+    body += b"--" + boundary + b"--\r\n"
+    return {"data": body, "content_type": "multipart/form-data; boundary=" + boundary.decode()}
+
+
+@pytest.mark.parametrize("newline", [b"\r\n", b"\n", b"\r"])
+def test_line_break_in_a_file_name_is_400_not_413(client, newline):
+    """The break ends the part's header early: the file becomes a plain form field, and one
+    over the form-field cap (500 KB) was werkzeug's 413."""
+    large = images.padded_png(700_000)
+    head = (
+        b'Content-Disposition: form-data; name="image"; filename="a'
+        + newline
+        + b'b.png"\r\nContent-Type: image/png'
+    )
+    for data in (large, images.png()):
+        assert_error(client.post(PARSE, **_multipart_raw([(head, data)])), 400)
+
+
+def test_too_many_parts_is_400_not_413(client):
+    fields = [(b'Content-Disposition: form-data; name="f%d"' % i, b"v") for i in range(40)]
+    image = (
+        b'Content-Disposition: form-data; name="image"; filename="a.png"\r\n'
+        b"Content-Type: image/png",
+        images.png(),
+    )
+    error = assert_error(client.post(PARSE, **_multipart_raw([*fields, image])), 400)
+    assert "parts" in error["message"]
+    # the same image in a well-formed body still parses
+    assert client.post(PARSE + "?output=json", **_multipart_raw([image])).status_code == 200
+
+
+def test_multipart_body_over_the_byte_cap_is_still_413(make_app):
+    client = make_app(max_upload_mb=0.5, rate_limit="1000 per minute").test_client()
+    large = images.padded_png(700_000)
+    head = b'Content-Disposition: form-data; name="image"; filename="a.png"'
+    assert_error(client.post(PARSE, **_multipart_raw([(head, large)])), 413)
+
+
+# ------------------------------------------------------------ decode budget (issue 13, item 2)
+
+
+def test_an_image_whose_decode_exceeds_the_budget_is_413(make_app):
+    client = make_app(decode_memory_mb=1, rate_limit="1000 per minute").test_client()
+    error = assert_error(client.post(PARSE, **multipart(images.png(1600, 1200))), 413)
+    assert "MiB" in error["message"]
+
+
+def test_no_decode_slot_in_time_is_503_with_retry_after(make_app, monkeypatch):
+    from web import service as service_module
+
+    monkeypatch.setattr(service_module, "DECODE_WAIT_S", 0.2)
+    app = make_app(decode_slots=1, rate_limit="1000 per minute")
+    client = app.test_client()
+    budget = app.extensions["m2fp_service"].decode_budget
+    assert budget.slots == 1
+    with budget.reserve(1, timeout=1):  # another request is decoding
+        r = client.post(PARSE, **multipart(images.png()))
+    assert_error(r, 503, "overloaded")
+    assert int(r.headers["Retry-After"]) >= 1
+    assert client.post(PARSE + "?output=json", **multipart(images.png())).status_code == 200
+    assert budget.in_use == (0, 0)
+
+
+# ------------------------------------------------------- decode-cost bombs (issue 13, item 1)
+
+
+@pytest.mark.parametrize(
+    ("build", "mime"),
+    [
+        (lambda: images.jpeg_scan_bomb(5000), "image/jpeg"),
+        (lambda: images.png_chunk_flood(200_000), "image/png"),
+        (lambda: images.webp_chunk_flood(200_000), "image/webp"),
+    ],
+    ids=["jpeg-empty-scans", "png-idat-flood", "webp-chunk-flood"],
+)
+def test_decode_cost_bombs_are_422_in_milliseconds(client, build, mime):
+    data = build()
+    started = time.perf_counter()
+    r = client.post(PARSE, data=data, content_type=mime)
+    assert time.perf_counter() - started < 2.0
+    error = assert_error(r, 422)
+    assert "too much to decode" in error["message"]
+
+
+# ----------------------------------------------------- no input path raises (issue 13, item 3)
+
+
+def _mutations(base: bytes, rng: np.random.Generator, count: int) -> list[bytes]:
+    out = []
+    for _ in range(count):
+        data = bytearray(base)
+        for _ in range(int(rng.integers(1, 4))):
+            at = int(rng.integers(len(data)))
+            action = rng.random()
+            if action < 0.5:
+                data[at] = int(rng.integers(256))
+            elif action < 0.75:
+                del data[at : at + int(rng.integers(1, 8))]
+            else:
+                data[at:at] = rng.choice(
+                    list(b'{}[]",:\\\r\n-0e'), int(rng.integers(1, 6))
+                ).tobytes()
+        out.append(bytes(data))
+    return out
+
+
+@pytest.mark.parametrize("form", ["json", "multipart"])
+def test_mutated_bodies_only_ever_get_json_4xx_or_200(make_app, form):
+    """Seeded byte flips, cuts and insertions of valid JSON and multipart bodies (image bytes
+    kept tiny so that the framing gets hit): every answer is a JSON 200, 400, 413, 415 or 422
+    (bans are off here: invalid uploads would earn one after three)."""
+    client = make_app(rate_limit="10000 per minute", ban_after=1_000_000).test_client()
+    rng = np.random.default_rng(13)
+    image = images.png(8, 8)
+    if form == "json":
+        base = json.dumps({"image": "data:image/png;base64," + base64.b64encode(image).decode()})
+        content_type = "application/json"
+        bodies = _mutations(base.encode(), rng, 120)
+    else:
+        head = b'Content-Disposition: form-data; name="image"; filename="a.png"'
+        built = _multipart_raw([(head + b"\r\nContent-Type: image/png", image)])
+        content_type = built["content_type"]
+        bodies = _mutations(built["data"], rng, 120)
+    statuses = set()
+    for body in bodies:
+        r = client.post(PARSE + "?output=json", data=body, content_type=content_type)
+        assert r.mimetype == "application/json"
+        statuses.add(r.status_code)
+    assert 400 in statuses and statuses <= {200, 400, 413, 415, 422}
