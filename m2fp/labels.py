@@ -36,6 +36,21 @@ def _voc_colormap(n: int) -> np.ndarray:
 PALETTE: np.ndarray = _voc_colormap(NUM_CLASSES)
 PALETTE.flags.writeable = False
 
+# A palette for colour-vision deficiency, beside CIHP's (whose red/green pairs sit side by side):
+# colours from Okabe & Ito's and Paul Tol's sets, chosen so that parts that touch differ in
+# lightness or along the blue-yellow axis, which protan, deutan and tritan vision all keep; the
+# left/right pairs (arms, legs, shoes) are one light and one dark shade. 0 stays black.
+CVD_SAFE_HEX: tuple[str, ...] = (
+    "#000000", "#882255", "#332288", "#aa4499", "#117733", "#e69f00", "#cc79a7", "#d55e00",
+    "#999933", "#0072b2", "#ffaabb", "#44aa99", "#ddcc77", "#f0e442", "#56b4e9", "#004488",
+    "#ee8866", "#994455", "#dddddd", "#555555",
+)  # fmt: skip
+# Palettes by name, as `"#rrggbb"` per class id 0..19: what the pages offer.
+PALETTES_HEX: dict[str, tuple[str, ...]] = {
+    "cihp": tuple("#" + "".join(f"{int(v):02x}" for v in PALETTE[i]) for i in range(NUM_CLASSES)),
+    "cvd": CVD_SAFE_HEX,
+}
+
 
 def color_hex(class_id: int) -> str:
     """`"#rrggbb"` of a class id 0..19.
