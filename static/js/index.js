@@ -141,10 +141,6 @@ function fitCanvas() {
   canvas.classList.toggle("is-pixelated", scale > 3);
 }
 new ResizeObserver(fitCanvas).observe($("stage"));
-new ResizeObserver(([entry]) => {
-  const height = Math.ceil(entry.target.getBoundingClientRect().height);
-  document.documentElement.style.setProperty("--privacy-height", `${height}px`);
-}).observe(document.querySelector(".privacy"));
 
 // ---- the result ----------------------------------------------------------------------------
 

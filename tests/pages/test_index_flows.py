@@ -121,18 +121,23 @@ def test_phone_touch_words_notice_and_tap_to_single_out(server, browser):
         hint = page.inner_text(".panel-hint >> nth=0")
         assert "Tap its name" in hint and "Point" not in hint
 
-        # Every Save button, reached by keyboard or scrolled to, is above the pinned notice.
+        # Every Save button, scrolled up from below until it just shows (as a thumb scrolls),
+        # is above the pinned notice, not behind it.
         for button in ("#download-overlay", "#copy-overlay", "#download-labels", "#download-json"):
-            page.focus(button)
             covered = page.evaluate(
                 """(selector) => {
-                  const b = document.querySelector(selector).getBoundingClientRect();
+                  const button = document.querySelector(selector);
+                  button.scrollIntoView({ block: "end" });
+                  const b = button.getBoundingClientRect();
                   const hit = document.elementFromPoint(b.x + b.width / 2, b.y + b.height - 2);
                   return !hit || !hit.closest(selector);
                 }""",
                 button,
             )
             assert not covered, f"{button} is under the privacy notice"
+        assert page.locator(".privacy").bounding_box()["y"] + page.locator(
+            ".privacy"
+        ).bounding_box()["height"] == pytest.approx(PHONE["height"], abs=1)
         shoot(page, "index-phone-save-above-notice")
 
         # Tap a legend name: that part is singled out (the rest dimmed); tap again: let go.
