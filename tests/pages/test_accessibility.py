@@ -14,6 +14,7 @@ from tests.support.pages import (
     PHONE,
     assert_clean,
     browser_context,
+    launch,
     make_app,
     open_page,
     photo,
@@ -37,15 +38,7 @@ def server(tiny_model_dir):
 @pytest.fixture(scope="module")
 def browser():
     with sync_playwright() as p:
-        chromium = p.chromium.launch(
-            executable_path="/usr/bin/chromium",
-            args=[
-                "--no-sandbox",
-                "--disable-gpu",
-                "--use-fake-device-for-media-stream",
-                "--use-fake-ui-for-media-stream",
-            ],
-        )
+        chromium = launch(p, camera=True)
         yield chromium
         chromium.close()
 
