@@ -65,6 +65,9 @@ class Settings:
     memory_limit_mb: float | None = None  # None: the cgroup limit, else the machine's RAM
     # Pages
     kiosk_idle_seconds: int = 60
+    # Without a camera, the kiosk may offer the OS file dialog: off, since on a public kiosk it
+    # lets a stranger browse the machine's files.
+    kiosk_file_fallback: bool = False
     kiosk_notice: str = (
         "Your photo is processed in memory and never stored. The result disappears when you "
         "leave or after a minute without a touch."

@@ -36,6 +36,22 @@ def _voc_colormap(n: int) -> np.ndarray:
 PALETTE: np.ndarray = _voc_colormap(NUM_CLASSES)
 PALETTE.flags.writeable = False
 
+# A palette for colour-vision deficiency, beside CIHP's (whose red/green pairs sit side by side):
+# colours from Okabe & Ito's and Paul Tol's sets, assigned by a search that maximised the smallest
+# CIELAB difference between parts that touch (hair/face, arms, legs, shoes, clothes, ...) under
+# normal vision and simulated protanopia, deuteranopia and tritanopia: at least 50 (CIHP's: 1.6).
+# tests/m2fp/test_palettes.py measures it. 0 stays black.
+CVD_SAFE_HEX: tuple[str, ...] = (
+    "#000000", "#eedd88", "#88ccee", "#d55e00", "#56b4e9", "#e69f00", "#bbcc33", "#009e73",
+    "#cc6677", "#99ddff", "#0072b2", "#77aadd", "#bb5566", "#ee8866", "#dddddd", "#004488",
+    "#882255", "#ddcc77", "#f0e442", "#332288",
+)  # fmt: skip
+# Palettes by name, as `"#rrggbb"` per class id 0..19: what the pages offer.
+PALETTES_HEX: dict[str, tuple[str, ...]] = {
+    "cihp": tuple("#" + "".join(f"{int(v):02x}" for v in PALETTE[i]) for i in range(NUM_CLASSES)),
+    "cvd": CVD_SAFE_HEX,
+}
+
 
 def color_hex(class_id: int) -> str:
     """`"#rrggbb"` of a class id 0..19.

@@ -226,5 +226,10 @@ export function pageSettings() {
     maxBytes: Number(data.maxUploadBytes) || 10 * 1024 * 1024,
     idleSeconds: Number(data.idleSeconds) || 60,
     countdownSeconds: Number(data.countdownSeconds) || 3,
+    // The longest the server may take over one parse (its own deadline, upload and answer
+    // included): a client deadline is never shorter than this.
+    parseTimeoutSeconds: Number(data.parseTimeoutSeconds) || 0,
+    fileFallback: data.fileFallback === "true",
+    palettes: data.palettes ? JSON.parse(data.palettes) : {},
   };
 }

@@ -51,6 +51,13 @@ export class Compositor {
     this.draw();
   }
 
+  /** Paint with other colours: `classes` as in `load` (`id`, `rgb`). */
+  recolour(classes) {
+    if (!this.result) return;
+    for (const c of classes) this.palette.set(c.rgb, c.id * 3);
+    this.update();
+  }
+
   /** Show the bare photo (while the server works), at most `maxSide` pixels on its long side. */
   preview(photo, maxSide = 1920) {
     const scale = Math.min(1, maxSide / Math.max(photo.width, photo.height));

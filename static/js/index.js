@@ -4,7 +4,7 @@
 
 import { openPhoto, pageSettings, ParseError, parseImage } from "./api.js";
 import { Compositor } from "./compositor.js";
-import { decodeResult } from "./result.js";
+import { decodeResult, hexToRgb } from "./result.js";
 
 const $ = (id) => document.getElementById(id);
 const settings = pageSettings();
@@ -17,7 +17,7 @@ let inFlight = null; // AbortController of the running request
 let lastFile = null; // kept for "Try again" after a 429/503, dropped on clear
 let retryTimer = 0;
 let hoverHighlight = null;
-let pinnedPerson = null;
+let pinned = null; // {kind: "person" | "class", id}: singled out by a click or a tap
 
 // ---- small helpers -------------------------------------------------------------------------
 
@@ -44,6 +44,24 @@ function el(tag, props = {}, children = []) {
 
 function plural(n, word) {
   return `${n} ${word}${n === 1 ? "" : "s"}`;
+}
+
+function kindsOfPart(n) {
+  return n === 1 ? "1 kind of part" : `${n} kinds of part`;
+}
+
+function people(n) {
+  return n === 1 ? "1 person" : `${n} people`;
+}
+
+/** What a result holds, in words that agree with the overlay: parts can be painted where no
+ * person was found with confidence, and then the page must not say that nothing was found. */
+function foundText(result) {
+  const persons = result.persons.length;
+  const parts = result.classes.filter((c) => c.id !== 0).length;
+  if (!parts) return "Nobody was found in this photo.";
+  if (!persons) return `Found ${kindsOfPart(parts)}, but no person the model is sure of.`;
+  return `Found ${people(persons)} and ${kindsOfPart(parts)}.`;
 }
 
 function percent(fraction) {
@@ -73,8 +91,9 @@ function setBusy(text, fraction = null) {
   else bar.value = Math.round(fraction * 100);
 }
 
-function showError(error) {
+function showError(error, { kept = false } = {}) {
   const box = $("error");
+  $("error-kept").hidden = !kept;
   $("error-title").textContent = error.title || error.message;
   $("error-detail").textContent = error.detail || "";
   const retry = $("error-retry");
@@ -126,8 +145,7 @@ new ResizeObserver(fitCanvas).observe($("stage"));
 // ---- the result ----------------------------------------------------------------------------
 
 function currentHighlight() {
-  if (hoverHighlight) return hoverHighlight;
-  return pinnedPerson === null ? null : { kind: "person", id: pinnedPerson };
+  return hoverHighlight || pinned;
 }
 
 function refreshHighlight() {
@@ -144,14 +162,20 @@ function renderLegend(result) {
     box.dataset.id = c.id;
     box.setAttribute("aria-label", `Show ${c.label}`);
     const swatch = el("span", { className: "swatch" });
+    swatch.dataset.class = c.id;
     swatch.style.setProperty("--swatch", c.color);
-    const row = el("label", { className: "legend-row" }, [
-      box,
+    const share = percent(c.fraction ?? 0);
+    // The row's button singles the part out (pointer, keyboard and touch alike); the
+    // checkbox beside it shows or hides it.
+    const pickButton = el("button", { type: "button", className: "legend-pick" }, [
       swatch,
       el("span", { className: "legend-name", textContent: c.label }),
-      el("span", { className: "legend-pct", textContent: percent(c.fraction ?? 0) }),
+      el("span", { className: "legend-pct", textContent: share }),
     ]);
-    const item = el("li", { className: "legend-item" }, [row]);
+    pickButton.dataset.id = c.id;
+    pickButton.setAttribute("aria-pressed", "false");
+    pickButton.setAttribute("aria-label", `${c.label}, ${share} of the picture. Highlight`);
+    const item = el("li", { className: "legend-item" }, [box, pickButton]);
     item.dataset.id = c.id;
     const enter = () => {
       hoverHighlight = { kind: "class", id: c.id };
@@ -161,10 +185,18 @@ function renderLegend(result) {
       hoverHighlight = null;
       refreshHighlight();
     };
-    item.addEventListener("pointerenter", enter);
+    item.addEventListener("pointerenter", (e) => {
+      if (e.pointerType === "mouse") enter();
+    });
     item.addEventListener("pointerleave", leave);
-    box.addEventListener("focus", enter);
-    box.addEventListener("blur", leave);
+    for (const control of [box, pickButton]) {
+      control.addEventListener("focus", enter);
+      control.addEventListener("blur", leave);
+    }
+    pickButton.addEventListener("click", () => {
+      const same = pinned?.kind === "class" && pinned.id === c.id;
+      pin(same ? null : { kind: "class", id: c.id });
+    });
     box.addEventListener("change", () => {
       if (box.checked) compositor.hidden.delete(c.id);
       else compositor.hidden.add(c.id);
@@ -191,13 +223,19 @@ function renderPersons(result) {
   list.replaceChildren();
   const names = new Map(result.classes.map((c) => [c.id, c]));
   $("persons-count").textContent = result.persons.length ? `(${result.persons.length})` : "";
-  $("persons-empty").hidden = result.persons.length > 0;
+  const empty = $("persons-empty");
+  empty.hidden = result.persons.length > 0;
+  empty.textContent = result.classes.some((c) => c.id !== 0)
+    ? "No person was found with confidence. The coloured parts stand on their own: " +
+      "they belong to no outlined person."
+    : "Nobody was found in this photo.";
   for (const p of result.persons) {
     const chips = el(
       "span",
       { className: "person-parts" },
       p.parts.slice(0, 12).map((id) => {
         const dot = el("span", { className: "dot", title: names.get(id)?.label || `class ${id}` });
+        dot.dataset.class = id;
         dot.style.setProperty("--swatch", names.get(id)?.color || "#888");
         return dot;
       }),
@@ -225,30 +263,39 @@ function renderPersons(result) {
       hoverHighlight = null;
       refreshHighlight();
     };
-    button.addEventListener("pointerenter", enter);
+    button.addEventListener("pointerenter", (e) => {
+      if (e.pointerType === "mouse") enter();
+    });
     button.addEventListener("pointerleave", leave);
     button.addEventListener("focus", enter);
     button.addEventListener("blur", leave);
-    button.addEventListener("click", () => pinPerson(pinnedPerson === p.id ? null : p.id));
+    button.addEventListener("click", () => {
+      const same = pinned?.kind === "person" && pinned.id === p.id;
+      pin(same ? null : { kind: "person", id: p.id });
+    });
     list.append(el("li", {}, [button]));
   }
 }
 
-function pinPerson(id) {
-  pinnedPerson = id;
-  for (const b of $("persons").querySelectorAll("button")) {
-    b.setAttribute("aria-pressed", String(Number(b.dataset.id) === id));
+/** Single out a person or a part until it is clicked (tapped) again, or Escape. */
+function pin(target) {
+  pinned = target;
+  for (const [listId, kind] of [
+    ["persons", "person"],
+    ["legend", "class"],
+  ]) {
+    for (const b of $(listId).querySelectorAll("button[data-id]")) {
+      const on = pinned?.kind === kind && pinned.id === Number(b.dataset.id);
+      b.setAttribute("aria-pressed", String(on));
+    }
   }
   refreshHighlight();
 }
 
 function describeCanvas(result) {
-  const people = result.persons.length;
-  const parts = result.classes.filter((c) => c.id !== 0).length;
   canvas.setAttribute(
     "aria-label",
-    `Photo with coloured parts: ${people} ${people === 1 ? "person" : "people"}, ` +
-      `${parts} kinds of part. The lists beside it name them.`,
+    `Photo with coloured parts. ${foundText(result)} The lists beside it name them.`,
   );
 }
 
@@ -273,15 +320,19 @@ async function handleFile(file) {
     announce(error.title);
     return;
   }
-  clearResult({ keepFile: true });
   lastFile = blob;
   inFlight?.abort();
   const controller = new AbortController();
   inFlight = controller;
-  showWorkspace(true);
-  compositor.preview(photo);
-  fitCanvas();
-  canvas.setAttribute("aria-label", "Your photo, being parsed");
+  // A result on screen stays there until the new one arrives: a failed or cancelled upload
+  // must not cost the user what they already had. Without one, the new photo is shown bare.
+  const kept = session !== null;
+  if (!kept) {
+    showWorkspace(true);
+    compositor.preview(photo);
+    fitCanvas();
+    canvas.setAttribute("aria-label", "Your photo, being parsed");
+  }
   setBusy("Uploading…", 0);
   announce("Uploading the photo.");
   try {
@@ -299,8 +350,12 @@ async function handleFile(file) {
     });
     const result = await decodeResult(json);
     if (inFlight !== controller) return;
+    inFlight = null;
+    clearResult({ keepFile: true }); // only now does the previous result go
+    showWorkspace(true);
     compositor.alpha = Number($("opacity").value) / 100;
-    compositor.load(photo, result);
+    compositor.load(photo, applyPalette(result));
+    resetView();
     fitCanvas();
     session = { json, text, result };
     renderLegend(result);
@@ -308,20 +363,25 @@ async function handleFile(file) {
     describeCanvas(result);
     showTiming(json, result);
     setBusy(null);
-    const people = result.persons.length;
-    announce(`Done. ${people} ${people === 1 ? "person" : "people"} found.`);
+    announce(`Done. ${foundText(result)}`);
+    // The result is what the user came for: focus it, so keys zoom and screen readers read it.
+    $("stage").focus({ preventScroll: false });
   } catch (error) {
     if (inFlight !== controller) return;
-    clearResult({ keepFile: true });
+    inFlight = null;
+    setBusy(null);
+    if (!kept) clearResult({ keepFile: true });
     if (error.code !== "aborted") {
       const shown =
         error instanceof ParseError
           ? error
           : new ParseError("The result couldn't be shown.", String(error.message || error));
-      showError(shown);
-      announce(error.title || "Something went wrong.");
+      showError(shown, { kept });
+      announce(
+        (error.title || "Something went wrong.") + (kept ? " The previous result is kept." : ""),
+      );
     } else {
-      announce("Cancelled.");
+      announce(kept ? "Cancelled. The previous result is kept." : "Cancelled.");
     }
   } finally {
     photo.close();
@@ -339,7 +399,7 @@ function clearResult({ keepFile = false } = {}) {
   session = null;
   if (!keepFile) lastFile = null;
   hoverHighlight = null;
-  pinnedPerson = null;
+  pinned = null;
   $("legend").replaceChildren();
   $("persons").replaceChildren();
   $("legend-count").textContent = "";
@@ -392,6 +452,16 @@ $("new-photo").addEventListener("click", () => picker.click());
 picker.addEventListener("change", () => {
   if (picker.files[0]) handleFile(picker.files[0]);
 });
+// The sample photo (generated, CC0: static/samples/README.md) goes through the same flow.
+$("sample").addEventListener("click", async () => {
+  try {
+    const answer = await fetch($("sample").dataset.src || "/static/samples/sample-photo.jpg");
+    if (!answer.ok) throw new Error(String(answer.status));
+    handleFile(new File([await answer.blob()], "sample-photo.jpg", { type: "image/jpeg" }));
+  } catch {
+    showError(new ParseError("The sample photo couldn't be loaded.", "Try again, or use your own."));
+  }
+});
 $("clear").addEventListener("click", () => {
   clearResult();
   hideError();
@@ -435,7 +505,101 @@ $("download-json").addEventListener("click", () => {
 });
 $("copy-overlay").addEventListener("click", copyOverlay);
 
-// Pointing at the picture names what is under the pointer; dragging moves the compare divider.
+// ---- zoom and pan --------------------------------------------------------------------------
+// The canvas keeps its fitted size; a CSS transform (origin top left) zooms and pans it inside
+// its frame, which clips it. Wheel, pinch, the toolbar's buttons and keys (+ − arrows 0) drive
+// it; `canvasPoint` reads the transformed box, so picking stays right at every zoom.
+
+const ZOOM_MAX = 8;
+const view = { scale: 1, x: 0, y: 0 };
+
+function clampView() {
+  const width = canvas.clientWidth;
+  const height = canvas.clientHeight;
+  view.scale = Math.min(ZOOM_MAX, Math.max(1, view.scale));
+  view.x = Math.min(0, Math.max(width - width * view.scale, view.x));
+  view.y = Math.min(0, Math.max(height - height * view.scale, view.y));
+}
+
+function applyView() {
+  clampView();
+  const zoomed = view.scale > 1;
+  canvas.style.transform = zoomed
+    ? `translate(${view.x}px, ${view.y}px) scale(${view.scale})`
+    : "";
+  $("stage").classList.toggle("is-zoomed", zoomed);
+  $("zoom-value").textContent = `${Math.round(view.scale * 100)}%`;
+  $("zoom-out").disabled = !zoomed;
+  $("zoom-reset").disabled = !zoomed;
+  $("zoom-in").disabled = view.scale >= ZOOM_MAX;
+}
+
+/** Zoom by `factor` keeping the point (fx, fy), in the frame's CSS pixels, where it is. */
+function zoomAt(factor, fx = canvas.clientWidth / 2, fy = canvas.clientHeight / 2) {
+  if (!session) return;
+  const next = Math.min(ZOOM_MAX, Math.max(1, view.scale * factor));
+  view.x = fx - ((fx - view.x) * next) / view.scale;
+  view.y = fy - ((fy - view.y) * next) / view.scale;
+  view.scale = next;
+  applyView();
+}
+
+function panBy(dx, dy) {
+  view.x += dx;
+  view.y += dy;
+  applyView();
+}
+
+function resetView() {
+  view.scale = 1;
+  view.x = 0;
+  view.y = 0;
+  applyView();
+}
+
+function framePoint(clientX, clientY) {
+  const rect = $("stage-frame").getBoundingClientRect();
+  return [clientX - rect.left, clientY - rect.top];
+}
+
+$("zoom-in").addEventListener("click", () => zoomAt(1.5));
+$("zoom-out").addEventListener("click", () => zoomAt(1 / 1.5));
+$("zoom-reset").addEventListener("click", resetView);
+$("stage").addEventListener(
+  "wheel",
+  (e) => {
+    if (!session) return;
+    e.preventDefault();
+    const unit = e.deltaMode === 1 ? 16 : e.deltaMode === 2 ? 400 : 1;
+    zoomAt(Math.exp((-e.deltaY * unit) / 500), ...framePoint(e.clientX, e.clientY));
+  },
+  { passive: false },
+);
+$("stage").addEventListener("keydown", (e) => {
+  if (!session || e.target !== e.currentTarget || e.ctrlKey || e.metaKey || e.altKey) return;
+  const step = canvas.clientWidth * 0.1;
+  const actions = {
+    "+": () => zoomAt(1.5),
+    "=": () => zoomAt(1.5),
+    "-": () => zoomAt(1 / 1.5),
+    _: () => zoomAt(1 / 1.5),
+    0: resetView,
+    ArrowLeft: () => panBy(step, 0),
+    ArrowRight: () => panBy(-step, 0),
+    ArrowUp: () => panBy(0, step),
+    ArrowDown: () => panBy(0, -step),
+  };
+  const action = actions[e.key];
+  if (!action) return;
+  e.preventDefault();
+  action();
+});
+
+// ---- pointing, tapping, dragging ----------------------------------------------------------
+// Pointing at the picture names what is under the pointer. A click or a tap singles out the
+// part under it (again: let go). One finger or the mouse drags the compare divider, or pans
+// when zoomed in; two fingers pinch to zoom.
+
 function canvasPoint(event) {
   const rect = canvas.getBoundingClientRect();
   return {
@@ -444,27 +608,8 @@ function canvasPoint(event) {
     fx: (event.clientX - rect.left) / rect.width,
   };
 }
-let dragging = false;
-canvas.addEventListener("pointerdown", (e) => {
-  if (compositor.split === null || !session) return;
-  dragging = true;
-  canvas.setPointerCapture(e.pointerId);
-  const { fx } = canvasPoint(e);
-  $("split").value = Math.round(Math.min(1, Math.max(0, fx)) * 100);
-  compositor.update({ split: Number($("split").value) / 100 });
-});
-canvas.addEventListener("pointerup", () => {
-  dragging = false;
-});
-canvas.addEventListener("pointermove", (e) => {
-  if (!session) return;
-  const point = canvasPoint(e);
-  if (dragging) {
-    $("split").value = Math.round(Math.min(1, Math.max(0, point.fx)) * 100);
-    compositor.update({ split: Number($("split").value) / 100 });
-    return;
-  }
-  const hit = compositor.pick(point.x, point.y);
+
+function showTip(hit, clientX, clientY) {
   const tip = $("tooltip");
   for (const item of $("legend").querySelectorAll(".is-hot")) item.classList.remove("is-hot");
   if (!hit || hit.classId === 0) {
@@ -476,13 +621,122 @@ canvas.addEventListener("pointermove", (e) => {
   tip.textContent = (cls?.label || `class ${hit.classId}`) + where;
   tip.hidden = false;
   const stage = $("stage").getBoundingClientRect();
-  tip.style.setProperty("--x", `${e.clientX - stage.left}px`);
-  tip.style.setProperty("--y", `${e.clientY - stage.top}px`);
+  tip.style.setProperty("--x", `${clientX - stage.left}px`);
+  tip.style.setProperty("--y", `${clientY - stage.top}px`);
   $("legend").querySelector(`li[data-id="${hit.classId}"]`)?.classList.add("is-hot");
+}
+
+function moveSplit(event) {
+  const { fx } = canvasPoint(event);
+  $("split").value = Math.round(Math.min(1, Math.max(0, fx)) * 100);
+  compositor.update({ split: Number($("split").value) / 100 });
+}
+
+const pointers = new Map(); // pointerId → {x, y} while down
+let gesture = null; // {mode: "tap" | "split" | "pan" | "pinch", ...}
+
+function pinchState() {
+  const [a, b] = [...pointers.values()];
+  return {
+    distance: Math.hypot(a.x - b.x, a.y - b.y) || 1,
+    mid: framePoint((a.x + b.x) / 2, (a.y + b.y) / 2),
+  };
+}
+
+canvas.addEventListener("pointerdown", (e) => {
+  if (!session) return;
+  canvas.setPointerCapture(e.pointerId);
+  pointers.set(e.pointerId, { x: e.clientX, y: e.clientY });
+  if (pointers.size === 2) {
+    gesture = { mode: "pinch", ...pinchState() };
+    return;
+  }
+  if (pointers.size > 2) return;
+  gesture = { mode: "tap", x: e.clientX, y: e.clientY };
+  if (compositor.split !== null) {
+    gesture.mode = "split";
+    moveSplit(e);
+  }
 });
-canvas.addEventListener("pointerleave", () => {
+
+canvas.addEventListener("pointermove", (e) => {
+  if (!session) return;
+  const known = pointers.get(e.pointerId);
+  if (!known) {
+    if (e.pointerType === "mouse") showTip(compositor.pick(...xy(e)), e.clientX, e.clientY);
+    return;
+  }
+  const dx = e.clientX - known.x;
+  const dy = e.clientY - known.y;
+  known.x = e.clientX;
+  known.y = e.clientY;
+  if (gesture?.mode === "pinch" && pointers.size === 2) {
+    const now = pinchState();
+    zoomAt(now.distance / gesture.distance, ...now.mid);
+    panBy(now.mid[0] - gesture.mid[0], now.mid[1] - gesture.mid[1]);
+    Object.assign(gesture, now);
+    return;
+  }
+  if (gesture?.mode === "split") {
+    moveSplit(e);
+    return;
+  }
+  if (gesture?.mode === "tap" && Math.hypot(e.clientX - gesture.x, e.clientY - gesture.y) > 6) {
+    gesture.mode = view.scale > 1 ? "pan" : "none";
+  }
+  if (gesture?.mode === "pan") panBy(dx, dy);
+});
+
+function xy(event) {
+  const { x, y } = canvasPoint(event);
+  return [x, y];
+}
+
+function pointerEnd(e) {
+  if (!pointers.delete(e.pointerId)) return;
+  if (gesture?.mode === "tap" && e.type === "pointerup") {
+    const hit = compositor.pick(...xy(e));
+    const id = hit?.classId || 0;
+    const same = pinned?.kind === "class" && pinned.id === id;
+    pin(id === 0 || same ? null : { kind: "class", id });
+    showTip(id === 0 || same ? null : hit, e.clientX, e.clientY);
+  }
+  if (pointers.size === 0) gesture = null;
+  else if (gesture?.mode === "pinch") gesture = { mode: "none" };
+}
+canvas.addEventListener("pointerup", pointerEnd);
+canvas.addEventListener("pointercancel", pointerEnd);
+canvas.addEventListener("pointerleave", (e) => {
+  if (e.pointerType !== "mouse" || pointers.size) return;
   $("tooltip").hidden = true;
   for (const item of $("legend").querySelectorAll(".is-hot")) item.classList.remove("is-hot");
+});
+
+// ---- palette -------------------------------------------------------------------------------
+// The server sends the CIHP colours; the page can repaint with any palette it was given
+// (`data-palettes` on <body>, from m2fp/labels.py), without asking the server again.
+
+function applyPalette(result) {
+  const colours = settings.palettes[$("palette").value];
+  if (!colours) return result;
+  for (const c of result.classes) {
+    if (colours[c.id]) {
+      c.color = colours[c.id];
+      c.rgb = hexToRgb(c.color);
+    }
+  }
+  return result;
+}
+
+$("palette").addEventListener("change", () => {
+  if (!session) return;
+  applyPalette(session.result);
+  compositor.recolour(session.result.classes);
+  const colours = new Map(session.result.classes.map((c) => [c.id, c.color]));
+  for (const node of document.querySelectorAll("#legend .swatch, #persons .dot")) {
+    node.style.setProperty("--swatch", colours.get(Number(node.dataset.class)) || "#888");
+  }
+  announce(`Colours: ${$("palette").selectedOptions[0].textContent}.`);
 });
 
 // Drop anywhere on the page.
@@ -526,7 +780,7 @@ document.addEventListener("paste", (e) => {
 
 document.addEventListener("keydown", (e) => {
   if (e.key === "Escape") {
-    if (pinnedPerson !== null) pinPerson(null);
+    if (pinned !== null) pin(null);
     else if (inFlight) inFlight.abort();
   }
   const copying = (e.ctrlKey || e.metaKey) && e.key.toLowerCase() === "c";

@@ -10,7 +10,9 @@ const $ = (id) => document.getElementById(id);
 const settings = pageSettings();
 const IDLE_MS = settings.idleSeconds * 1000;
 const WARN_MS = Math.min(10_000, IDLE_MS / 3);
-const REQUEST_TIMEOUT_MS = 60_000;
+// Never shorter than the server's own deadline (rendered into the page by web/pages.py): giving
+// up first would throw away a parse the server still finishes.
+const REQUEST_TIMEOUT_MS = (settings.parseTimeoutSeconds || 150) * 1000;
 const MAX_SIDE = 1920;
 const SCREENS = ["welcome", "camera", "working", "result", "failure"];
 
@@ -97,7 +99,7 @@ function wipe() {
   stopCamera();
   compositor.clear();
   blank(capture);
-  $("file-input").value = "";
+  if (settings.fileFallback) $("file-input").value = "";
   $("legend").replaceChildren();
   $("result-title").textContent = "";
   $("countdown").hidden = true;
@@ -121,8 +123,8 @@ async function openCamera() {
   if (!navigator.mediaDevices?.getUserMedia) {
     noCamera(
       window.isSecureContext
-        ? "This browser can't use a camera. Choose a photo instead."
-        : "The camera only works over HTTPS. Choose a photo instead.",
+        ? "This browser can't use a camera."
+        : "The camera only works over HTTPS.",
     );
     return;
   }
@@ -142,15 +144,16 @@ async function openCamera() {
   } catch (error) {
     if (session !== generation) return;
     const denied = error?.name === "NotAllowedError" || error?.name === "SecurityError";
-    noCamera(
-      denied
-        ? "The camera is blocked on this device. Choose a photo instead."
-        : "No camera was found. Choose a photo instead.",
-    );
+    noCamera(denied ? "The camera is blocked on this device." : "No camera was found.");
   }
 }
 
-function noCamera(detail) {
+// The operator decides whether a kiosk without a camera offers the OS file dialog
+// (M2FP_KIOSK_FILE_FALLBACK): on a public kiosk that dialog lets a stranger browse the machine.
+const INSTEAD = settings.fileFallback ? "Choose a photo instead." : "Please ask a member of staff.";
+
+function noCamera(reason) {
+  const detail = `${reason} ${INSTEAD}`;
   stopCamera();
   $("no-camera-detail").textContent = detail;
   $("no-camera").hidden = false;
@@ -189,17 +192,15 @@ function snap() {
   const width = video.videoWidth;
   const height = video.videoHeight;
   if (!width || !height) {
-    noCamera("The camera gave no picture. Choose a photo instead.");
+    noCamera("The camera gave no picture.");
     return;
   }
   const scale = Math.min(1, MAX_SIDE / Math.max(width, height));
   capture.width = Math.round(width * scale);
   capture.height = Math.round(height * scale);
-  const ctx = capture.getContext("2d");
-  // Mirror it, as the preview is: people expect to see themselves as in a mirror.
-  ctx.setTransform(-1, 0, 0, 1, capture.width, 0);
-  ctx.drawImage(video, 0, 0, capture.width, capture.height);
-  ctx.setTransform(1, 0, 0, 1, 0, 0);
+  // The live preview is mirrored (people expect a mirror while they pose); the photo is not,
+  // so text in the scene reads the right way round in the result.
+  capture.getContext("2d").drawImage(video, 0, 0, capture.width, capture.height);
   const flash = $("flash");
   flash.hidden = false;
   setTimeout(() => {
@@ -270,10 +271,11 @@ function showResult(result) {
     }),
   );
   const people = result.persons.length;
+  const kinds = parts.length === 1 ? "1 kind of part" : `${parts.length} kinds of part`;
   $("result-title").textContent = parts.length
     ? people
-      ? `${people} ${people === 1 ? "person" : "people"}, ${parts.length} kinds of part`
-      : `${parts.length} kinds of part found`
+      ? `${people === 1 ? "1 person" : `${people} people`}, ${kinds}`
+      : `${kinds}, but no person the model is sure of`
     : "Nobody found. Try again, closer to the camera";
   show("result");
   announce(`Your result is ready. ${$("result-title").textContent}.`);
@@ -319,17 +321,21 @@ $("retry").addEventListener("click", () => {
   wipe();
   openCamera();
 });
-let pickGeneration = -1;
-$("pick").addEventListener("click", () => {
-  pickGeneration = generation;
-  $("file-input").click();
-});
-$("file-input").addEventListener("change", (e) => {
-  const file = e.target.files[0];
-  // A picker left open past the idle reset must not start a session on the welcome screen.
-  if (file && pickGeneration === generation && state === "camera") pickedFile(file);
-  e.target.value = "";
-});
+if (settings.fileFallback) {
+  let pickGeneration = -1;
+  $("pick").addEventListener("click", () => {
+    pickGeneration = generation;
+    $("file-input").click();
+  });
+  $("file-input").addEventListener("change", (e) => {
+    const file = e.target.files[0];
+    // A picker left open past the idle reset must not start a session on the welcome screen.
+    if (file && pickGeneration === generation && state === "camera") pickedFile(file);
+    e.target.value = "";
+  });
+} else {
+  $("no-camera-home").addEventListener("click", wipe);
+}
 const peek = $("peek");
 peek.addEventListener("pointerdown", () => setPeek(true));
 for (const type of ["pointerup", "pointercancel", "pointerleave"]) {

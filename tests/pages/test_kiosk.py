@@ -191,7 +191,8 @@ def test_start_again_and_fullscreen_survive_the_reset(server, browser):
         assert_clean(page, log)
 
 
-def test_without_a_camera_it_offers_a_file_pick(server, playwright):
+def test_without_a_camera_it_offers_no_file_dialog_by_default(server, playwright):
+    # On a public kiosk the OS file dialog lets a stranger browse the machine: off by default.
     chromium = launch(playwright, camera=False)  # headless, no fake device: no camera at all
     try:
         ctx = chromium.new_context(viewport=DESKTOP)
@@ -200,17 +201,39 @@ def test_without_a_camera_it_offers_a_file_pick(server, playwright):
         page.click("#start")
         wait_until(page, "() => !document.querySelector('#no-camera').hidden")
         assert page.is_hidden("#shutter")
-        assert "Choose a photo" in page.text_content("#no-camera")
-        shoot(page, "kiosk-desktop-no-camera")
-        page.click("#pick")
-        chooser = choosers.next()
-        with page.expect_response(lambda r: "/api/v1/parse" in r.url) as response:
-            chooser.set_files(
-                files=[{"name": "p.jpg", "mimeType": "image/jpeg", "buffer": photo(fmt="JPEG")}]
-            )
-        assert response.value.status == 200
-        wait_screen(page, "result")
-        assert page.is_visible("#again")
+        assert page.locator("input[type=file], #pick").count() == 0
+        assert "ask a member of staff" in page.text_content("#no-camera-detail")
+        shoot(page, "kiosk-desktop-no-camera-no-fallback")
+        page.click("#no-camera-home")
+        wait_screen(page, "welcome")
+        assert choosers.seen == []
         assert_clean(page, log)
+    finally:
+        chromium.close()
+
+
+def test_without_a_camera_the_operator_can_offer_a_file_pick(tiny_model_dir, playwright):
+    app = make_app(tiny_model_dir, kiosk_file_fallback=True)
+    chromium = launch(playwright, camera=False)
+    try:
+        with serve(app) as live:
+            ctx = chromium.new_context(viewport=DESKTOP)
+            page, log = open_page(ctx, live.url + "/kiosk")
+            choosers = FileChoosers(page)
+            page.click("#start")
+            wait_until(page, "() => !document.querySelector('#no-camera').hidden")
+            assert page.is_hidden("#shutter")
+            assert "Choose a photo" in page.text_content("#no-camera")
+            shoot(page, "kiosk-desktop-no-camera")
+            page.click("#pick")
+            chooser = choosers.next()
+            with page.expect_response(lambda r: "/api/v1/parse" in r.url) as response:
+                chooser.set_files(
+                    files=[{"name": "p.jpg", "mimeType": "image/jpeg", "buffer": photo(fmt="JPEG")}]
+                )
+            assert response.value.status == 200
+            wait_screen(page, "result")
+            assert page.is_visible("#again")
+            assert_clean(page, log)
     finally:
         chromium.close()

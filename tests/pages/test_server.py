@@ -4,14 +4,17 @@ type, and the headers the pages rely on."""
 
 from __future__ import annotations
 
+import json
 import re
 from html.parser import HTMLParser
 
 import pytest
 
+from m2fp.labels import PALETTES_HEX
 from tests.support.pages import close_app, make_app
 from tests.support.paths import REPO
-from web.pages import size_label
+from web.pages import PARSE_TIMEOUT_SECONDS, size_label
+from web.service import ENGINE_TIMEOUT_S
 
 STATIC = REPO / "static"
 
@@ -79,6 +82,29 @@ def test_kiosk_carries_idle_time_and_escaped_notice(client):
     assert (
         "Photos are &lt;script&gt;alert(&#34;x&#34;)&lt;/script&gt; never &#34;kept&#34;." in html
     )
+
+
+@pytest.mark.parametrize("path", ["/", "/kiosk"])
+def test_client_deadline_is_never_shorter_than_the_servers(client, path):
+    attrs = body_attrs(collect(client.get(path).get_data(as_text=True)))
+    assert int(attrs["data-parse-timeout-seconds"]) == PARSE_TIMEOUT_SECONDS
+    assert PARSE_TIMEOUT_SECONDS >= ENGINE_TIMEOUT_S
+
+
+def test_index_carries_the_palettes_and_kiosk_no_file_dialog_by_default(client, tiny_model_dir):
+    attrs = body_attrs(collect(client.get("/").get_data(as_text=True)))
+    palettes = json.loads(attrs["data-palettes"])
+    assert palettes == {name: list(colours) for name, colours in PALETTES_HEX.items()}
+    kiosk = client.get("/kiosk").get_data(as_text=True)
+    assert body_attrs(collect(kiosk))["data-file-fallback"] == "false"
+    assert 'type="file"' not in kiosk
+    app = make_app(tiny_model_dir, kiosk_file_fallback=True)
+    try:
+        enabled = app.test_client().get("/kiosk").get_data(as_text=True)
+        assert body_attrs(collect(enabled))["data-file-fallback"] == "true"
+        assert 'type="file"' in enabled
+    finally:
+        close_app(app)
 
 
 @pytest.mark.parametrize("path", ["/", "/kiosk"])
