@@ -1,0 +1,487 @@
+"""Batch parsing: many files through `POST /api/v1/parse`, a bounded number at a time.
+
+    plan = plan_batch(["photos/", "extra.jpg"], out_dir="parsed", output="overlay")
+    report = run_batch(plan, client_factory=lambda: Client(url), concurrency=2)
+
+- Inputs: files named on the command line are sent whatever their extension; directories are
+  walked (hidden entries and the output directory excluded) for .jpg, .jpeg, .png and .webp,
+  everything else there is listed as skipped. `photos/trip/beach.jpg` → `parsed/trip/
+  beach-overlay.png`: the relative path is kept, the name says which output it holds.
+- An output that already exists is left alone (and not requested) unless `overwrite`; a file
+  is written next to its final name and linked into place, so a half-written file never
+  carries the final name.
+- Pacing, shared by all workers (`Throttle`): a 429 or 503 with Retry-After, or a response
+  saying `X-RateLimit-Remaining: 0`, pauses every worker; after a pause one request goes at a
+  time until one succeeds, so a crowd of workers does not wake into the same limit.
+- Files the service would refuse as not an image (not JPEG, PNG or WebP by their first bytes)
+  are refused here, unsent: refused uploads count towards the service's temporary ban.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import queue
+import random
+import threading
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from email.utils import parsedate_to_datetime
+from pathlib import Path
+
+import requests
+
+from m2fp_client.client import (
+    RETRY_STATUSES,
+    Client,
+    ClientError,
+    ConnectionFailed,
+    ServiceError,
+    sniff_image_type,
+)
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp")
+# Output file extension from the response's media type; anything else keeps the predicted one.
+EXTENSIONS = {
+    "application/json": "json",
+    "image/png": "png",
+    "image/webp": "webp",
+    "image/vnd.adobe.photoshop": "psd",
+    "image/openraster": "ora",
+}
+
+# Outcome states. Only FAILED makes the batch fail; EXISTS is the resume case.
+WRITTEN, EXISTS, FAILED, CANCELLED = "written", "exists", "failed", "cancelled"
+
+
+@dataclass(frozen=True)
+class Job:
+    """One input file and the output file it is expected to give."""
+
+    source: Path
+    target: Path
+
+
+@dataclass
+class Plan:
+    """What a batch will do: the jobs, the files skipped in directories, and jobs refused
+    before any request (two inputs that would write the same output)."""
+
+    out_dir: Path
+    params: dict[str, str]
+    jobs: list[Job] = field(default_factory=list)
+    skipped: list[Path] = field(default_factory=list)
+    conflicts: list[Outcome] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What became of one input. `code` and `message` are the API's (or, with `status` None,
+    the client's own: `unsupported_media_type` checked here, `unreadable`, `connection_failed`,
+    `output_conflict`, `cancelled`)."""
+
+    source: Path
+    state: str
+    target: Path | None = None
+    status: int | None = None
+    code: str | None = None
+    message: str | None = None
+    request_id: str | None = None
+
+    def describe(self) -> str:
+        if self.state == WRITTEN:
+            return f"{self.source} → {self.target}"
+        if self.state == EXISTS:
+            return f"{self.source}: {self.target} exists (--overwrite replaces it)"
+        where = f"{self.status} " if self.status is not None else ""
+        text = f"{self.source}: {where}{self.code}: {self.message}"
+        return text + (f" (request id {self.request_id})" if self.request_id else "")
+
+
+@dataclass
+class Report:
+    outcomes: list[Outcome]
+    skipped: list[Path]
+    seconds: float
+    interrupted: bool = False
+    stopped_because: str | None = None
+
+    def count(self, state: str) -> int:
+        return sum(o.state == state for o in self.outcomes)
+
+    @property
+    def ok(self) -> bool:
+        return not self.interrupted and all(o.state in (WRITTEN, EXISTS) for o in self.outcomes)
+
+
+# -- planning ----------------------------------------------------------------------------------
+
+
+def output_extension(params: Mapping[str, str]) -> str:
+    """The extension an output is expected to have: json, or the image `format` (png)."""
+    if params.get("output") == "json":
+        return "json"
+    return params.get("format", "png")
+
+
+def plan_batch(
+    inputs: Sequence[str | Path], *, out_dir: str | Path, params: Mapping[str, str]
+) -> Plan:
+    """Expand `inputs` (files and directories) into jobs writing under `out_dir`.
+
+    Raises ClientError for an input that does not exist."""
+    out_dir = Path(out_dir)
+    plan = Plan(out_dir=out_dir, params=dict(params))
+    output = params.get("output", "overlay")
+    suffix = f"-{output}.{output_extension(params)}"
+    exclude = out_dir.resolve()
+    pairs: list[tuple[Path, Path]] = []  # (source, path relative to out_dir without suffix)
+    for raw in inputs:
+        path = Path(raw)
+        if path.is_dir():
+            for source in _walk(path, exclude):
+                if source.suffix.lower() in IMAGE_SUFFIXES:
+                    pairs.append((source, source.relative_to(path).with_suffix("")))
+                else:
+                    plan.skipped.append(source)
+        elif path.exists():
+            pairs.append((path, Path(path.stem)))
+        else:
+            raise ClientError(f"{path} does not exist")
+    by_target: dict[Path, list[Path]] = {}
+    for source, stem in pairs:
+        target = out_dir / stem.parent / (stem.name + suffix)
+        by_target.setdefault(target, []).append(source)
+    for target, sources in by_target.items():
+        if len(sources) == 1:
+            plan.jobs.append(Job(sources[0], target))
+            continue
+        for source in sources:
+            others = ", ".join(str(s) for s in sources if s != source)
+            plan.conflicts.append(
+                Outcome(
+                    source,
+                    FAILED,
+                    target,
+                    code="output_conflict",
+                    message=f"{others} would write the same {target}; rename one",
+                )
+            )
+    return plan
+
+
+def _walk(root: Path, exclude: Path) -> Iterable[Path]:
+    for folder, dirs, files in os.walk(root):
+        here = Path(folder)
+        dirs[:] = sorted(
+            d for d in dirs if not d.startswith(".") and (here / d).resolve() != exclude
+        )
+        for name in sorted(files):
+            if not name.startswith("."):
+                yield here / name
+
+
+# -- pacing ------------------------------------------------------------------------------------
+
+
+class Throttle:
+    """One pause shared by every worker, and one request at a time after a pause.
+
+    `acquire()` blocks until a request may go (False once cancelled); it returns a ticket that
+    goes back with `release(ticket, ok)`. `pause(seconds)` holds everyone until then."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self._clock = clock
+        self._cond = threading.Condition()
+        self._until = 0.0
+        self._probing = False  # after a pause: one request in flight until one succeeds
+        self._probe_out = False
+        self._cancelled = False
+
+    def pause(self, seconds: float) -> None:
+        with self._cond:
+            self._until = max(self._until, self._clock() + seconds)
+            self._probing = True
+            self._cond.notify_all()
+
+    def acquire(self) -> bool | None:
+        """None when cancelled, else whether this request is the probe after a pause."""
+        with self._cond:
+            while not self._cancelled:
+                delay = self._until - self._clock()
+                if delay > 0:
+                    self._cond.wait(delay)
+                elif self._probing and self._probe_out:
+                    self._cond.wait()
+                else:
+                    self._probe_out = self._probing
+                    return self._probing
+            return None
+
+    def release(self, probe: bool, ok: bool) -> None:
+        with self._cond:
+            if probe:
+                self._probe_out = False
+                self._probing = self._probing and not ok
+            self._cond.notify_all()
+
+    def cancel(self) -> None:
+        with self._cond:
+            self._cancelled = True
+            self._cond.notify_all()
+
+    @property
+    def cancelled(self) -> bool:
+        return self._cancelled
+
+
+def rate_limit_wait(headers: Mapping[str, str]) -> float | None:
+    """Seconds until the rate limit has room again when the response says none is left
+    (`X-RateLimit-Remaining: 0`), from `X-RateLimit-Reset` against the server's own `Date`."""
+    if headers.get("X-RateLimit-Remaining", "").strip() != "0":
+        return None
+    try:
+        reset = float(headers["X-RateLimit-Reset"])
+    except (KeyError, ValueError):
+        return None
+    now = time.time()
+    if "Date" in headers:
+        with contextlib.suppress(TypeError, ValueError):
+            now = parsedate_to_datetime(headers["Date"]).timestamp()
+    return max(0.0, reset - now)
+
+
+# -- running -----------------------------------------------------------------------------------
+
+
+class BatchRunner:
+    """Workers (daemon threads, each with its own Client) pulling jobs from one queue.
+
+    `run(on_outcome)` returns the Report; a KeyboardInterrupt while it waits cancels the rest:
+    no new request starts, in-flight answers are dropped unwritten, and the report marks the
+    unfinished files cancelled."""
+
+    def __init__(
+        self,
+        plan: Plan,
+        *,
+        client_factory: Callable[[], Client],
+        concurrency: int = 2,
+        overwrite: bool = False,
+        retries: int = 3,
+        backoff: float = 0.5,
+        max_retry_after: float = 30.0,
+    ) -> None:
+        if not 1 <= concurrency <= 64:
+            raise ClientError("concurrency must be between 1 and 64")
+        self.plan = plan
+        self.client_factory = client_factory
+        self.concurrency = concurrency
+        self.overwrite = overwrite
+        self.retries = retries
+        self.backoff = backoff
+        self.max_retry_after = max_retry_after
+        self.throttle = Throttle()
+        self._write_lock = threading.Lock()
+        self._stopped_because: str | None = None
+        self._sessions: list[requests.Session] = []
+
+    def run(self, on_outcome: Callable[[Outcome], None] = lambda o: None) -> Report:
+        started = time.monotonic()
+        outcomes: dict[Job, Outcome] = {}
+        todo: queue.SimpleQueue[Job | None] = queue.SimpleQueue()
+        done: queue.SimpleQueue[tuple[Job, Outcome]] = queue.SimpleQueue()
+        for job in self.plan.jobs:
+            todo.put(job)
+        workers = min(self.concurrency, len(self.plan.jobs))
+        for _ in range(workers):
+            todo.put(None)
+        for conflict in self.plan.conflicts:
+            on_outcome(conflict)
+        for _ in range(workers):
+            client = self.client_factory()
+            self._sessions.append(client.session)
+            threading.Thread(target=self._work, args=(client, todo, done), daemon=True).start()
+        interrupted = False
+        try:
+            while len(outcomes) < len(self.plan.jobs):
+                try:
+                    job, outcome = done.get(timeout=0.2)
+                except queue.Empty:
+                    continue
+                outcomes[job] = outcome
+                on_outcome(outcome)
+        except KeyboardInterrupt:
+            interrupted = True
+            self.cancel()
+        finished = [outcomes.get(job) or _cancelled(job) for job in self.plan.jobs]
+        return Report(
+            outcomes=[*self.plan.conflicts, *finished],
+            skipped=list(self.plan.skipped),
+            seconds=time.monotonic() - started,
+            interrupted=interrupted,
+            stopped_because=self._stopped_because,
+        )
+
+    def cancel(self, reason: str | None = None) -> None:
+        """Stop starting requests; a write in progress finishes, none starts after this."""
+        if reason and self._stopped_because is None:
+            self._stopped_because = reason
+        self.throttle.cancel()
+        with self._write_lock:
+            pass  # waits for a write in progress
+        for session in self._sessions:
+            session.close()
+
+    def _work(
+        self,
+        client: Client,
+        todo: queue.SimpleQueue[Job | None],
+        done: queue.SimpleQueue[tuple[Job, Outcome]],
+    ) -> None:
+        while (job := todo.get()) is not None:
+            outcome = _cancelled(job) if self.throttle.cancelled else self._one(client, job)
+            done.put((job, outcome))
+
+    def _one(self, client: Client, job: Job) -> Outcome:
+        if job.target.exists() and not self.overwrite:
+            return Outcome(job.source, EXISTS, job.target)
+        try:
+            data = job.source.read_bytes()
+        except OSError as exc:
+            return Outcome(job.source, FAILED, code="unreadable", message=str(exc.strerror))
+        try:
+            sniff_image_type(data)
+        except ClientError:
+            return Outcome(
+                job.source,
+                FAILED,
+                code="unsupported_media_type",
+                message="not a JPEG, PNG or WebP image by its first bytes; not sent",
+            )
+        response = self._send(client, job, data)
+        if isinstance(response, Outcome):
+            return response
+        return self._write(job, response)
+
+    def _send(self, client: Client, job: Job, data: bytes) -> requests.Response | Outcome:
+        attempt = 0
+        while True:
+            probe = self.throttle.acquire()
+            if probe is None:
+                return _cancelled(job)
+            try:
+                response = client.parse_response(data, self.plan.params, retries=0)
+            except ServiceError as error:
+                # any answer that is not "wait" shows the service had room for this request
+                self.throttle.release(probe, ok=error.status not in RETRY_STATUSES)
+                wait = self._retry_wait(error, attempt)
+                if wait is None:
+                    return _failed(job, error)
+                self.throttle.pause(wait)
+                # Waiting out the rate limit is how a batch keeps pace: it costs no retry.
+                attempt += 0 if error.code == "rate_limited" else 1
+                continue
+            except ConnectionFailed as exc:
+                self.throttle.release(probe, ok=False)
+                if self.throttle.cancelled:
+                    return _cancelled(job)
+                if isinstance(exc.__cause__, requests.exceptions.SSLError):
+                    self.cancel(str(exc))
+                    return Outcome(job.source, FAILED, code="connection_failed", message=str(exc))
+                if attempt >= self.retries:
+                    return Outcome(job.source, FAILED, code="connection_failed", message=str(exc))
+                self.throttle.pause(self._backoff(attempt))
+                attempt += 1
+                continue
+            except ClientError as exc:
+                self.throttle.release(probe, ok=False)
+                return Outcome(job.source, FAILED, code="client_error", message=str(exc))
+            self.throttle.release(probe, ok=True)
+            room = rate_limit_wait(response.headers)
+            if room:
+                self.throttle.pause(min(room, self.max_retry_after))
+            return response
+
+    def _retry_wait(self, error: ServiceError, attempt: int) -> float | None:
+        """Seconds to pause before trying again, or None to give up on this file (and, for a
+        429 asking for more than `max_retry_after`, on the batch: a ban or a long limit)."""
+        if error.status not in RETRY_STATUSES:
+            return None
+        if error.retry_after is not None and error.retry_after > self.max_retry_after:
+            if error.status == 429:
+                self.cancel(
+                    f"the service asked to wait {error.retry_after:g} s ({error.code}),"
+                    f" more than --max-wait {self.max_retry_after:g} s"
+                )
+            return None
+        if error.code != "rate_limited" and attempt >= self.retries:
+            return None
+        return error.retry_after if error.retry_after is not None else self._backoff(attempt)
+
+    def _backoff(self, attempt: int) -> float:
+        return self.backoff * (2**attempt) * random.uniform(0.5, 1.0)
+
+    def _write(self, job: Job, response: requests.Response) -> Outcome:
+        media = response.headers.get("Content-Type", "").split(";")[0].strip().lower()
+        target = job.target
+        if media in EXTENSIONS and target.suffix != "." + EXTENSIONS[media]:
+            target = target.with_suffix("." + EXTENSIONS[media])
+        with self._write_lock:
+            if self.throttle.cancelled:
+                return _cancelled(job)
+            if target.exists() and not self.overwrite:
+                return Outcome(job.source, EXISTS, target)
+            try:
+                _write_file(target, response.content, overwrite=self.overwrite)
+            except FileExistsError:
+                return Outcome(job.source, EXISTS, target)
+            except OSError as exc:
+                return Outcome(
+                    job.source, FAILED, target, code="write_failed", message=str(exc.strerror)
+                )
+        return Outcome(job.source, WRITTEN, target, request_id=response.headers.get("X-Request-ID"))
+
+
+def _write_file(target: Path, data: bytes, *, overwrite: bool) -> None:
+    """Write beside the target, then link (or, with overwrite, rename) it into place."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    part = target.with_name(f".{target.name}.{os.getpid()}.{threading.get_ident()}.part")
+    try:
+        part.write_bytes(data)
+        if overwrite:
+            os.replace(part, target)
+            return
+        try:
+            os.link(part, target)  # FileExistsError rather than replacing
+        except FileExistsError:
+            raise
+        except OSError as exc:
+            if exc.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EXDEV):
+                raise
+            with open(target, "xb") as out:  # a filesystem without hard links
+                out.write(data)
+    finally:
+        part.unlink(missing_ok=True)
+
+
+def _failed(job: Job, error: ServiceError) -> Outcome:
+    return Outcome(
+        job.source,
+        FAILED,
+        status=error.status,
+        code=error.code,
+        message=error.message,
+        request_id=error.request_id,
+    )
+
+
+def _cancelled(job: Job) -> Outcome:
+    return Outcome(job.source, CANCELLED, code="cancelled", message="not finished")
+
+
+def run_batch(plan: Plan, **kwargs: object) -> Report:
+    """`BatchRunner(plan, **kwargs).run()`."""
+    return BatchRunner(plan, **kwargs).run()  # type: ignore[arg-type]
