@@ -6,13 +6,15 @@
 - Inputs: files named on the command line are sent whatever their extension; directories are
   walked (hidden entries and the output directory excluded) for .jpg, .jpeg, .png and .webp,
   everything else there is listed as skipped. `photos/trip/beach.jpg` → `parsed/trip/
-  beach-overlay.png`: the relative path is kept, the name says which output it holds.
+  beach-overlay.png` (or `beach.json`, `beach-cutout.webp`): the relative path is kept, the
+  name says which output it holds.
 - An output that already exists is left alone (and not requested) unless `overwrite`; a file
   is written next to its final name and linked into place, so a half-written file never
   carries the final name.
 - Pacing, shared by all workers (`Throttle`): a 429 or 503 with Retry-After, or a response
   saying `X-RateLimit-Remaining: 0`, pauses every worker; after a pause one request goes at a
-  time until one succeeds, so a crowd of workers does not wake into the same limit.
+  time until one is answered, and then no more than the limit's remaining count, so a crowd
+  of workers does not wake into the same limit.
 - Files the service would refuse as not an image (not JPEG, PNG or WebP by their first bytes)
   are refused here, unsent: refused uploads count towards the service's temporary ban.
 """
@@ -135,7 +137,8 @@ def plan_batch(
     out_dir = Path(out_dir)
     plan = Plan(out_dir=out_dir, params=dict(params))
     output = params.get("output", "overlay")
-    suffix = f"-{output}.{output_extension(params)}"
+    # beach.jpg → beach.json, beach-overlay.png, beach-cutout.webp, …
+    suffix = ".json" if output == "json" else f"-{output}.{output_extension(params)}"
     exclude = out_dir.resolve()
     pairs: list[tuple[Path, Path]] = []  # (source, path relative to out_dir without suffix)
     for raw in inputs:
@@ -187,44 +190,58 @@ def _walk(root: Path, exclude: Path) -> Iterable[Path]:
 
 
 class Throttle:
-    """One pause shared by every worker, and one request at a time after a pause.
+    """The pacing every worker shares: a pause, and a budget of requests.
 
-    `acquire()` blocks until a request may go (False once cancelled); it returns a ticket that
-    goes back with `release(ticket, ok)`. `pause(seconds)` holds everyone until then."""
+    `pause(seconds)` holds every worker until then; afterwards one request goes at a time (the
+    probe) until one is answered with something other than "wait". The budget is the rate
+    limit's `X-RateLimit-Remaining` from the latest answer, less the requests still on their
+    way: no request is sent that the limit is known to refuse. `acquire()` blocks until a
+    request may go and says whether it is the probe (None once cancelled); `release()` hands
+    back the outcome."""
 
     def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         self._clock = clock
         self._cond = threading.Condition()
         self._until = 0.0
-        self._probing = False  # after a pause: one request in flight until one succeeds
-        self._probe_out = False
+        self._probing = False
+        self._in_flight = 0
+        self._budget: int | None = None  # None: unknown (first requests, after a pause)
         self._cancelled = False
 
     def pause(self, seconds: float) -> None:
         with self._cond:
             self._until = max(self._until, self._clock() + seconds)
             self._probing = True
+            self._budget = None
             self._cond.notify_all()
 
     def acquire(self) -> bool | None:
-        """None when cancelled, else whether this request is the probe after a pause."""
         with self._cond:
             while not self._cancelled:
                 delay = self._until - self._clock()
                 if delay > 0:
                     self._cond.wait(delay)
-                elif self._probing and self._probe_out:
-                    self._cond.wait()
+                elif self._in_flight and (self._probing or self._budget_spent()):
+                    self._cond.wait()  # a release or a pause wakes us
                 else:
-                    self._probe_out = self._probing
+                    self._in_flight += 1
+                    if self._budget is not None:
+                        self._budget -= 1
                     return self._probing
             return None
 
-    def release(self, probe: bool, ok: bool) -> None:
+    def _budget_spent(self) -> bool:
+        return self._budget is not None and self._budget <= 0
+
+    def release(self, probe: bool, *, answered: bool, remaining: int | None = None) -> None:
+        """`answered`: the service took the request (anything but 429, 502, 503, 504 or no
+        connection); `remaining`: its X-RateLimit-Remaining, when it sent one."""
         with self._cond:
-            if probe:
-                self._probe_out = False
-                self._probing = self._probing and not ok
+            self._in_flight -= 1
+            if probe and answered:
+                self._probing = False
+            if remaining is not None and self._clock() >= self._until:
+                self._budget = remaining - self._in_flight
             self._cond.notify_all()
 
     def cancel(self) -> None:
@@ -235,6 +252,12 @@ class Throttle:
     @property
     def cancelled(self) -> bool:
         return self._cancelled
+
+
+def remaining_of(headers: Mapping[str, str] | None) -> int | None:
+    """X-RateLimit-Remaining as a number, when the answer has one."""
+    value = (headers or {}).get("X-RateLimit-Remaining", "")
+    return int(value) if value.strip().isdigit() else None
 
 
 def rate_limit_wait(headers: Mapping[str, str]) -> float | None:
@@ -375,8 +398,11 @@ class BatchRunner:
             try:
                 response = client.parse_response(data, self.plan.params, retries=0)
             except ServiceError as error:
-                # any answer that is not "wait" shows the service had room for this request
-                self.throttle.release(probe, ok=error.status not in RETRY_STATUSES)
+                self.throttle.release(
+                    probe,
+                    answered=error.status not in RETRY_STATUSES,
+                    remaining=remaining_of(error.headers),
+                )
                 wait = self._retry_wait(error, attempt)
                 if wait is None:
                     return _failed(job, error)
@@ -385,7 +411,7 @@ class BatchRunner:
                 attempt += 0 if error.code == "rate_limited" else 1
                 continue
             except ConnectionFailed as exc:
-                self.throttle.release(probe, ok=False)
+                self.throttle.release(probe, answered=False)
                 if self.throttle.cancelled:
                     return _cancelled(job)
                 if isinstance(exc.__cause__, requests.exceptions.SSLError):
@@ -397,9 +423,9 @@ class BatchRunner:
                 attempt += 1
                 continue
             except ClientError as exc:
-                self.throttle.release(probe, ok=False)
+                self.throttle.release(probe, answered=False)
                 return Outcome(job.source, FAILED, code="client_error", message=str(exc))
-            self.throttle.release(probe, ok=True)
+            self.throttle.release(probe, answered=True, remaining=remaining_of(response.headers))
             room = rate_limit_wait(response.headers)
             if room:
                 self.throttle.pause(min(room, self.max_retry_after))

@@ -269,6 +269,8 @@ def print_summary(report: Report, *, out_dir: Path, stream: TextIO) -> None:
             print(f"{title}:", file=stream)
             for outcome in items:
                 print(f"  {outcome.describe()}", file=stream)
+    if cancelled:
+        print(f"cancelled: {len(cancelled)} (the same command again finishes them)", file=stream)
     if report.skipped:
         print(f"skipped (not .jpg, .jpeg, .png or .webp): {len(report.skipped)}", file=stream)
         for path in report.skipped[:LISTED_SKIPS]:

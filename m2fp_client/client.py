@@ -35,7 +35,8 @@ class ServiceError(ClientError):
     """The service answered with an error (after any retries).
 
     `status` is the HTTP status, `code` and `request_id` come from the API's JSON error body
-    (`{"error": {"code", "message", "request_id"}}`), `retry_after` from the header (seconds).
+    (`{"error": {"code", "message", "request_id"}}`), `retry_after` from the header (seconds);
+    `headers` are the answer's.
     """
 
     def __init__(
@@ -46,6 +47,7 @@ class ServiceError(ClientError):
         *,
         request_id: str | None = None,
         retry_after: float | None = None,
+        headers: Mapping[str, str] | None = None,
     ) -> None:
         detail = f"{status} {code}: {message}"
         if request_id:
@@ -58,6 +60,7 @@ class ServiceError(ClientError):
         self.message = message
         self.request_id = request_id
         self.retry_after = retry_after
+        self.headers: Mapping[str, str] = headers if headers is not None else {}
 
 
 def sniff_image_type(data: bytes) -> str:
@@ -279,6 +282,7 @@ def _service_error(response: requests.Response) -> ServiceError:
         message,
         request_id=request_id,
         retry_after=_retry_after(response.headers.get("Retry-After")),
+        headers=response.headers,
     )
 
 
