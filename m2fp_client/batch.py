@@ -109,6 +109,7 @@ class Report:
     seconds: float
     interrupted: bool = False
     stopped_because: str | None = None
+    unreachable: bool = False  # stopped because the service could not be reached
 
     def count(self, state: str) -> int:
         return sum(o.state == state for o in self.outcomes)
@@ -143,6 +144,8 @@ def plan_batch(
     pairs: list[tuple[Path, Path]] = []  # (source, path relative to out_dir without suffix)
     for raw in inputs:
         path = Path(raw)
+        if path.is_dir() and path.resolve() == exclude:
+            raise ClientError(f"--out {out_dir} is an input folder: its results would be inputs")
         if path.is_dir():
             for source in _walk(path, exclude):
                 if source.suffix.lower() in IMAGE_SUFFIXES:
@@ -309,6 +312,7 @@ class BatchRunner:
         self.throttle = Throttle()
         self._write_lock = threading.Lock()
         self._stopped_because: str | None = None
+        self._unreachable = False
         self._sessions: list[requests.Session] = []
 
     def run(self, on_outcome: Callable[[Outcome], None] = lambda o: None) -> Report:
@@ -346,12 +350,14 @@ class BatchRunner:
             seconds=time.monotonic() - started,
             interrupted=interrupted,
             stopped_because=self._stopped_because,
+            unreachable=self._unreachable,
         )
 
-    def cancel(self, reason: str | None = None) -> None:
+    def cancel(self, reason: str | None = None, *, unreachable: bool = False) -> None:
         """Stop starting requests; a write in progress finishes, none starts after this."""
         if reason and self._stopped_because is None:
             self._stopped_because = reason
+            self._unreachable = unreachable
         self.throttle.cancel()
         with self._write_lock:
             pass  # waits for a write in progress
@@ -414,10 +420,11 @@ class BatchRunner:
                 self.throttle.release(probe, answered=False)
                 if self.throttle.cancelled:
                     return _cancelled(job)
-                if isinstance(exc.__cause__, requests.exceptions.SSLError):
-                    self.cancel(str(exc))
-                    return Outcome(job.source, FAILED, code="connection_failed", message=str(exc))
-                if attempt >= self.retries:
+                # A certificate refused, or a service still unreachable after the retries, is
+                # the same for every file: stop rather than try each.
+                tls = isinstance(exc.__cause__, requests.exceptions.SSLError)
+                if tls or attempt >= self.retries:
+                    self.cancel(str(exc), unreachable=True)
                     return Outcome(job.source, FAILED, code="connection_failed", message=str(exc))
                 self.throttle.pause(self._backoff(attempt))
                 attempt += 1

@@ -13,7 +13,8 @@ to stdout without `--out`); with several inputs, a directory, or `--out DIR/` it
 The API key, when the service requires one, is read from --api-key or, better (a command line
 is visible to other users of the machine), the M2FP_API_KEY environment variable. Exit status:
 0 done, 1 the service refused or failed (the message says why, with its request id; in a
-batch: any file failed), 2 bad usage or an unreachable service, 130 a batch interrupted.
+batch: any file failed), 2 bad usage or an unreachable service (a batch stops at the first
+file that cannot reach it), 130 a batch interrupted with Ctrl-C.
 """
 
 from __future__ import annotations
@@ -191,6 +192,8 @@ def _batch(client: Client, args: argparse.Namespace, params: dict[str, str]) -> 
     print_summary(report, out_dir=args.out, stream=sys.stdout)
     if report.interrupted:
         return 130
+    if report.unreachable:
+        return 2
     return 0 if report.ok else 1
 
 

@@ -6,11 +6,16 @@ parses were in progress at once: it observes and changes nothing."""
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import os
+import pty
 import signal
+import socket
+import struct
 import subprocess
 import sys
+import termios
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -19,6 +24,7 @@ from typing import Any
 
 import pytest
 
+from m2fp_client import ClientError
 from m2fp_client.batch import FAILED, Throttle, plan_batch
 from tests.support import images
 from tests.support.pages import LiveServer
@@ -311,6 +317,8 @@ def test_plan_names_outputs_after_inputs_and_refuses_collisions(tmp_path):
     (out / "old" / "beach-overlay.png").write_bytes(b"x")
 
     plan = plan_batch([src], out_dir=out, params={"output": "overlay", "format": "webp"})
+    with pytest.raises(ClientError, match="is an input folder"):
+        plan_batch([src / "trip"], out_dir=src / "trip" / ".", params={"output": "json"})
 
     assert [(j.source, j.target) for j in plan.jobs] == [
         (src / "trip/beach.JPEG", out / "trip/beach-overlay.webp")
@@ -349,3 +357,51 @@ def test_throttle_pause_probe_and_budget():
     assert second == [False]
     throttle.cancel()
     assert throttle.acquire() is None
+
+
+def test_an_unreachable_service_stops_the_batch(tmp_path):
+    src, out = tmp_path / "in", tmp_path / "out"
+    photos(src, 5)
+    with socket.socket() as closed:  # a port nobody listens on once this closes
+        closed.bind(("127.0.0.1", 0))
+        url = f"http://127.0.0.1:{closed.getsockname()[1]}"
+    started = time.monotonic()
+    done = run_cli(str(src), "--out", str(out), "--url", url, "--retries", "1")
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert "stopped: could not connect to " in done.stdout
+    assert "connection_failed" in done.stdout and "cancelled" in done.stdout
+    assert time.monotonic() - started < 20  # not five files times the retries
+    assert written(out) == []
+
+
+def test_a_terminal_gets_a_progress_bar(serve, tmp_path):
+    server, _ = serve()
+    src, out = tmp_path / "in", tmp_path / "out"
+    photos(src, 3)
+    primary, secondary = pty.openpty()
+    fcntl.ioctl(secondary, termios.TIOCSWINSZ, struct.pack("HHHH", 30, 100, 0, 0))
+    chunks: list[bytes] = []
+
+    def read_screen() -> None:
+        with contextlib.suppress(OSError):  # EIO once the terminal's last writer is gone
+            while chunk := os.read(primary, 65536):
+                chunks.append(chunk)
+
+    reader = threading.Thread(target=read_screen, daemon=True)
+    reader.start()
+    try:
+        done = subprocess.run(
+            [sys.executable, "-m", "m2fp_client", "parse", str(src), "--out", str(out),
+             "--url", server.url],
+            cwd=REPO, stdout=subprocess.PIPE, stderr=secondary, text=True, timeout=120,
+        )  # fmt: skip
+    finally:
+        os.close(secondary)
+        reader.join(10)
+        os.close(primary)
+    screen = b"".join(chunks)
+    assert done.returncode == 0, done.stdout
+    text = screen.decode("utf-8", "replace")
+    assert "100%" in text and "3/3" in text and "img" in text  # tqdm's bar, full
+    assert "progress:" not in text  # not the plain lines
+    assert "3 written" in done.stdout  # the summary stays on stdout
