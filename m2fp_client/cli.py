@@ -216,7 +216,8 @@ class _Progress:
             print(f"progress: {self.done}/{self.total} {self._tally()}", file=self.stream)
 
     def _tally(self) -> str:
-        return ", ".join(f"{n} {state}" for state, n in self.counts.items())
+        names = {WRITTEN: "written", EXISTS: "already there", FAILED: "failed"}
+        return ", ".join(f"{n} {names[state]}" for state, n in self.counts.items())
 
     def close(self) -> None:
         self.stream.flush()

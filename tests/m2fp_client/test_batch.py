@@ -158,7 +158,7 @@ def test_a_folder_of_good_and_bad_files_reports_each(serve, tmp_path):
         "nested/deeper/pool-overlay.png",
     ]
     # not a terminal: plain progress lines on stderr, ending with the total
-    assert "progress: 6/6 3 written, 0 exists, 3 failed" in done.stderr
+    assert "progress: 6/6 3 written, 0 already there, 3 failed" in done.stderr
 
 
 def test_outputs_and_query_options_pass_through(serve, tmp_path):
