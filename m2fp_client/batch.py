@@ -325,14 +325,14 @@ class BatchRunner:
         workers = min(self.concurrency, len(self.plan.jobs))
         for _ in range(workers):
             todo.put(None)
-        for conflict in self.plan.conflicts:
-            on_outcome(conflict)
         for _ in range(workers):
             client = self.client_factory()
             self._sessions.append(client.session)
             threading.Thread(target=self._work, args=(client, todo, done), daemon=True).start()
         interrupted = False
         try:
+            for conflict in self.plan.conflicts:
+                on_outcome(conflict)
             while len(outcomes) < len(self.plan.jobs):
                 try:
                     job, outcome = done.get(timeout=0.2)
@@ -371,7 +371,12 @@ class BatchRunner:
         done: queue.SimpleQueue[tuple[Job, Outcome]],
     ) -> None:
         while (job := todo.get()) is not None:
-            outcome = _cancelled(job) if self.throttle.cancelled else self._one(client, job)
+            try:
+                outcome = _cancelled(job) if self.throttle.cancelled else self._one(client, job)
+            except Exception as exc:  # a bug must not leave run() waiting forever: report it
+                outcome = Outcome(
+                    job.source, FAILED, code="client_error", message=f"{type(exc).__name__}: {exc}"
+                )
             done.put((job, outcome))
 
     def _one(self, client: Client, job: Job) -> Outcome:
@@ -420,17 +425,21 @@ class BatchRunner:
                 self.throttle.release(probe, answered=False)
                 if self.throttle.cancelled:
                     return _cancelled(job)
+                failed = Outcome(job.source, FAILED, code="connection_failed", message=str(exc))
                 # A certificate refused, or a service still unreachable after the retries, is
-                # the same for every file: stop rather than try each.
+                # the same for every file: stop rather than try each. A read timeout is this
+                # file's own.
                 tls = isinstance(exc.__cause__, requests.exceptions.SSLError)
                 if tls or attempt >= self.retries:
-                    self.cancel(str(exc), unreachable=True)
-                    return Outcome(job.source, FAILED, code="connection_failed", message=str(exc))
+                    if isinstance(exc.__cause__, requests.exceptions.ConnectionError):
+                        self.cancel(str(exc), unreachable=True)
+                    return failed
                 self.throttle.pause(self._backoff(attempt))
                 attempt += 1
                 continue
-            except ClientError as exc:
+            except ClientError as exc:  # a redirect: the URL is wrong for every file
                 self.throttle.release(probe, answered=False)
+                self.cancel(str(exc), unreachable=True)
                 return Outcome(job.source, FAILED, code="client_error", message=str(exc))
             self.throttle.release(probe, answered=True, remaining=remaining_of(response.headers))
             room = rate_limit_wait(response.headers)

@@ -249,6 +249,8 @@ class Client:
             raise ConnectionFailed(f"could not connect to {self.url}: is it running?") from exc
         except requests.exceptions.Timeout as exc:
             raise ConnectionFailed(f"{self.url} did not answer within {self.timeout} s") from exc
+        except requests.exceptions.RequestException as exc:  # e.g. a connection cut mid-answer
+            raise ConnectionFailed(f"{self.url}: {type(exc).__name__}: {exc}") from exc
 
     def _backoff(self, attempt: int) -> float:
         return self.backoff * (2**attempt) * random.uniform(0.5, 1.0)
