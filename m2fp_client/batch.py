@@ -54,6 +54,8 @@ EXTENSIONS = {
     "image/openraster": "ora",
 }
 
+MAX_CLOCK_SKEW_S = 2.0  # beyond this, the server's Date measures the wait for its rate limit
+
 # Outcome states. Only FAILED makes the batch fail; EXISTS is the resume case.
 WRITTEN, EXISTS, FAILED, CANCELLED = "written", "exists", "failed", "cancelled"
 
@@ -263,19 +265,23 @@ def remaining_of(headers: Mapping[str, str] | None) -> int | None:
     return int(value) if value.strip().isdigit() else None
 
 
-def rate_limit_wait(headers: Mapping[str, str]) -> float | None:
-    """Seconds until the rate limit has room again when the response says none is left
-    (`X-RateLimit-Remaining: 0`), from `X-RateLimit-Reset` against the server's own `Date`."""
+def rate_limit_wait(headers: Mapping[str, str], *, now: float | None = None) -> float | None:
+    """Seconds until the rate limit has room again when the answer says none is left
+    (`X-RateLimit-Remaining: 0`), from `X-RateLimit-Reset` (Unix time, whole seconds).
+
+    This machine's clock measures it unless the answer's `Date` (whole seconds) disagrees by
+    more than 2 s: then the server's clock, which set the reset, is the one to trust."""
     if headers.get("X-RateLimit-Remaining", "").strip() != "0":
         return None
     try:
         reset = float(headers["X-RateLimit-Reset"])
     except (KeyError, ValueError):
         return None
-    now = time.time()
-    if "Date" in headers:
-        with contextlib.suppress(TypeError, ValueError):
-            now = parsedate_to_datetime(headers["Date"]).timestamp()
+    now = time.time() if now is None else now
+    with contextlib.suppress(KeyError, TypeError, ValueError):
+        server_now = parsedate_to_datetime(headers["Date"]).timestamp()
+        if abs(server_now - now) > MAX_CLOCK_SKEW_S:
+            now = server_now
     return max(0.0, reset - now)
 
 

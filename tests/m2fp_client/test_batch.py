@@ -25,7 +25,7 @@ from typing import Any
 import pytest
 
 from m2fp_client import ClientError
-from m2fp_client.batch import FAILED, Throttle, plan_batch
+from m2fp_client.batch import FAILED, Throttle, plan_batch, rate_limit_wait
 from tests.support import images
 from tests.support.pages import LiveServer
 from tests.support.paths import REPO
@@ -405,3 +405,12 @@ def test_a_terminal_gets_a_progress_bar(serve, tmp_path):
     assert "100%" in text and "3/3" in text and "img" in text  # tqdm's bar, full
     assert "progress:" not in text  # not the plain lines
     assert "3 written" in done.stdout  # the summary stays on stdout
+
+
+def test_the_rate_limit_wait_uses_the_servers_clock_only_when_ours_is_off():
+    date = "Sat, 05 Dec 2026 08:00:00 GMT"  # 1796457600
+    headers = {"X-RateLimit-Remaining": "0", "X-RateLimit-Reset": "1796457603", "Date": date}
+    assert rate_limit_wait(headers, now=1796457600.5) == 2.5  # our clock, finer than Date
+    assert rate_limit_wait(headers, now=1796457000.0) == 3.0  # ours 10 min slow: the server's
+    assert rate_limit_wait({**headers, "X-RateLimit-Remaining": "1"}, now=0) is None
+    assert rate_limit_wait({"X-RateLimit-Remaining": "0"}, now=0) is None
