@@ -54,6 +54,7 @@ EXTENSIONS = {
     "image/openraster": "ora",
 }
 
+WAIT_NOTICE_S = 2.0  # pauses at least this long are announced (on_wait)
 MAX_CLOCK_SKEW_S = 2.0  # beyond this, the server's Date measures the wait for its rate limit
 
 # Outcome states. Only FAILED makes the batch fail; EXISTS is the resume case.
@@ -213,12 +214,17 @@ class Throttle:
         self._budget: int | None = None  # None: unknown (first requests, after a pause)
         self._cancelled = False
 
-    def pause(self, seconds: float) -> None:
+    def pause(self, seconds: float) -> bool:
+        """Hold every worker for `seconds`; True when that ends later than the pause already
+        in force (False: another worker's pause covers it)."""
         with self._cond:
-            self._until = max(self._until, self._clock() + seconds)
+            until = self._clock() + seconds
+            longer = until > self._until
+            self._until = max(self._until, until)
             self._probing = True
             self._budget = None
             self._cond.notify_all()
+            return longer
 
     def acquire(self) -> bool | None:
         with self._cond:
@@ -320,8 +326,16 @@ class BatchRunner:
         self._stopped_because: str | None = None
         self._unreachable = False
         self._sessions: list[requests.Session] = []
+        self._on_wait: Callable[[float, str], None] = lambda seconds, why: None
 
-    def run(self, on_outcome: Callable[[Outcome], None] = lambda o: None) -> Report:
+    def run(
+        self,
+        on_outcome: Callable[[Outcome], None] = lambda o: None,
+        on_wait: Callable[[float, str], None] = lambda seconds, why: None,
+    ) -> Report:
+        """Run the plan; `on_outcome` hears of each file as it ends (in this thread),
+        `on_wait` of each pause of WAIT_NOTICE_S or more (in a worker's thread)."""
+        self._on_wait = on_wait
         started = time.monotonic()
         outcomes: dict[Job, Outcome] = {}
         todo: queue.SimpleQueue[Job | None] = queue.SimpleQueue()
@@ -423,7 +437,7 @@ class BatchRunner:
                 wait = self._retry_wait(error, attempt)
                 if wait is None:
                     return _failed(job, error)
-                self.throttle.pause(wait)
+                self._pause(wait, f"{error.status} {error.code}")
                 # Waiting out the rate limit is how a batch keeps pace: it costs no retry.
                 attempt += 0 if error.code == "rate_limited" else 1
                 continue
@@ -440,7 +454,7 @@ class BatchRunner:
                     if isinstance(exc.__cause__, requests.exceptions.ConnectionError):
                         self.cancel(str(exc), unreachable=True)
                     return failed
-                self.throttle.pause(self._backoff(attempt))
+                self._pause(self._backoff(attempt), "connection failed")
                 attempt += 1
                 continue
             except ClientError as exc:  # a redirect: the URL is wrong for every file
@@ -450,8 +464,12 @@ class BatchRunner:
             self.throttle.release(probe, answered=True, remaining=remaining_of(response.headers))
             room = rate_limit_wait(response.headers)
             if room:
-                self.throttle.pause(min(room, self.max_retry_after))
+                self._pause(min(room, self.max_retry_after), "the rate limit is spent")
             return response
+
+    def _pause(self, seconds: float, why: str) -> None:
+        if self.throttle.pause(seconds) and seconds >= WAIT_NOTICE_S:
+            self._on_wait(seconds, why)
 
     def _retry_wait(self, error: ServiceError, attempt: int) -> float | None:
         """Seconds to pause before trying again, or None to give up on this file (and, for a

@@ -28,6 +28,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TextIO
 
+from tqdm import tqdm
+
 from m2fp_client.batch import EXISTS, FAILED, WRITTEN, BatchRunner, Outcome, Report, plan_batch
 from m2fp_client.client import Client, ClientError, ConnectionFailed, ServiceError
 
@@ -69,7 +71,7 @@ def _parser() -> argparse.ArgumentParser:
     batch.add_argument("--concurrency", type=int, default=2, help="requests in flight (2)")
     batch.add_argument("--overwrite", action="store_true", help="replace existing outputs")
     batch.add_argument(
-        "--max-wait", type=float, default=30.0, help="longest Retry-After honoured, seconds"
+        "--max-wait", type=float, default=120.0, help="longest Retry-After honoured (120 s)"
     )
     batch.add_argument("--quiet", action="store_true", help="no progress, only the summary")
     sub.add_parser("classes", parents=[common], help="print the class legend as JSON")
@@ -186,7 +188,7 @@ def _batch(client: Client, args: argparse.Namespace, params: dict[str, str]) -> 
     total = len(plan.jobs) + len(plan.conflicts)
     progress = _progress(total, quiet=args.quiet, stream=sys.stderr)
     try:
-        report = runner.run(progress.update)
+        report = runner.run(progress.update, progress.waiting)
     finally:
         progress.close()
     print_summary(report, out_dir=args.out, stream=sys.stdout)
@@ -215,6 +217,12 @@ class _Progress:
             self._last = now
             print(f"progress: {self.done}/{self.total} {self._tally()}", file=self.stream)
 
+    def waiting(self, seconds: float, why: str) -> None:
+        self.note(f"waiting {seconds:.0f} s: {why}")
+
+    def note(self, text: str) -> None:
+        print(text, file=self.stream, flush=True)
+
     def _tally(self) -> str:
         names = {WRITTEN: "written", EXISTS: "already there", FAILED: "failed"}
         return ", ".join(f"{n} {names[state]}" for state, n in self.counts.items())
@@ -227,8 +235,6 @@ class _Bar(_Progress):
     """tqdm's bar on a terminal; failures are printed above it as they happen."""
 
     def __init__(self, total: int, stream: TextIO) -> None:
-        from tqdm import tqdm
-
         super().__init__(total, stream)
         self.bar = tqdm(total=total, unit="img", file=stream, dynamic_ncols=True)
 
@@ -237,17 +243,28 @@ class _Bar(_Progress):
         if outcome.state in self.counts:
             self.counts[outcome.state] += 1
         if outcome.state == FAILED:
-            self.bar.write(f"failed: {outcome.describe()}", file=self.stream)
+            self.note(f"failed: {outcome.describe()}")
         self.bar.set_postfix_str(self._tally(), refresh=False)
         self.bar.update(1)
+
+    def note(self, text: str) -> None:
+        self.bar.write(text, file=self.stream)
 
     def close(self) -> None:
         self.bar.close()
 
 
+class _Quiet(_Progress):
+    def update(self, outcome: Outcome) -> None:
+        pass
+
+    def note(self, text: str) -> None:
+        pass
+
+
 def _progress(total: int, *, quiet: bool, stream: TextIO) -> _Progress:
     if quiet:
-        return _Progress(total, stream, every=float("inf"))
+        return _Quiet(total, stream)
     if stream.isatty():
         return _Bar(total, stream)
     return _Progress(total, stream)

@@ -10,6 +10,7 @@ import fcntl
 import json
 import os
 import pty
+import re
 import signal
 import socket
 import struct
@@ -211,6 +212,7 @@ def test_retry_after_and_the_rate_limit_are_obeyed(serve, tmp_path):
 
     assert done.returncode == 0, done.stdout + done.stderr
     assert "6 written, 0 already there, 0 failed" in done.stdout
+    assert re.search(r"waiting \d+ s: (429 rate_limited|the rate limit is spent)", done.stderr)
     records = sorted(recorder.records, key=lambda r: r["arrived"])
     refused = [r for r in records if r["status"] == 429]
     assert refused, "three workers against 2 per 2 s: the limit must have answered 429"
