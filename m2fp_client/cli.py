@@ -51,7 +51,8 @@ def _parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     parse = sub.add_parser("parse", parents=[common], help="parse images")
     parse.add_argument("inputs", nargs="+", type=Path, help="JPEG, PNG or WebP files, folders")
-    parse.add_argument("--out", type=Path, help="output file, or folder for a batch")
+    # a string: Path() would drop the trailing "/" that asks for a folder
+    parse.add_argument("--out", help="output file, or folder for a batch (DIR/)")
     parse.add_argument("--output", help="overlay (default), json, cutout, or another output")
     parse.add_argument("--json", action="store_true", help="same as --output json")
     parse.add_argument("--cutout", metavar="CLASSES", help="same as --output cutout --classes")
@@ -136,13 +137,9 @@ def query_params(args: argparse.Namespace) -> dict[str, str]:
 
 def _parse(client: Client, args: argparse.Namespace) -> int:
     params = query_params(args)
-    out: Path | None = args.out
-    single = (
-        len(args.inputs) == 1
-        and not args.inputs[0].is_dir()
-        and not (out is not None and (out.is_dir() or str(out).endswith(("/", os.sep))))
-    )
-    if not single:
+    out = Path(args.out) if args.out is not None else None
+    out_is_folder = out is not None and (out.is_dir() or args.out.endswith(("/", os.sep)))
+    if len(args.inputs) > 1 or args.inputs[0].is_dir() or out_is_folder:
         return _batch(client, args, params)
     if params["output"] != "json" and out is None:
         raise ClientError("--out FILE is needed for an image result")
@@ -166,10 +163,14 @@ def _parse(client: Client, args: argparse.Namespace) -> int:
 def _batch(client: Client, args: argparse.Namespace, params: dict[str, str]) -> int:
     if args.out is None:
         raise ClientError("--out DIR is needed for several images or a folder")
-    plan = plan_batch(args.inputs, out_dir=args.out, params=params)
+    out_dir = Path(args.out)
+    plan = plan_batch(args.inputs, out_dir=out_dir, params=params)
     if not plan.jobs and not plan.conflicts:
         raise ClientError("no .jpg, .jpeg, .png or .webp file in the inputs")
-    args.out.mkdir(parents=True, exist_ok=True)
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ClientError(f"cannot create {out_dir}: {exc.strerror}") from None
     runner = BatchRunner(
         plan,
         client_factory=lambda: Client(
@@ -191,7 +192,7 @@ def _batch(client: Client, args: argparse.Namespace, params: dict[str, str]) -> 
         report = runner.run(progress.update, progress.waiting)
     finally:
         progress.close()
-    print_summary(report, out_dir=args.out, stream=sys.stdout)
+    print_summary(report, out_dir=out_dir, stream=sys.stdout)
     if report.interrupted:
         return 130
     if report.unreachable:

@@ -182,6 +182,12 @@ def test_outputs_and_query_options_pass_through(serve, tmp_path):
     assert cutout.format == "WEBP" and cutout.mode == "RGBA"
     assert "output=cutout&classes=2%2C13&format=webp" in recorder.records[-1]["query"]
 
+    # one file and an --out ending with a slash: a batch of one, named after its input
+    one = tmp_path / "one"
+    done = run_cli(str(src / "p00.jpg"), "--out", f"{one}/", "--url", server.url)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert [p.name for p in one.iterdir()] == ["p00-overlay.png"]
+
     # an option this client has never heard of goes as it is; the service's 400 is reported
     done = run_cli(str(src), "--out", str(out), "--url", server.url, "--param", "colour=red")
     assert done.returncode == 1
