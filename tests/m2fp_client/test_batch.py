@@ -20,15 +20,17 @@ import termios
 import threading
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
+import requests
+from werkzeug.serving import make_server
 
 from m2fp_client import ClientError
 from m2fp_client.batch import FAILED, Throttle, plan_batch, rate_limit_wait
 from tests.support import images
-from tests.support.pages import LiveServer
 from tests.support.paths import REPO
 
 PARSE = "/api/v1/parse"
@@ -70,26 +72,35 @@ class Recorder:
         return [r["status"] for r in sorted(self.records, key=lambda r: r["arrived"])]
 
 
-@pytest.fixture
-def serve(make_app) -> Iterator[Callable[..., tuple[LiveServer, Recorder]]]:
-    """`serve(**settings)`: the app on 127.0.0.1 with a recorder; limits out of the way
-    unless a test sets them."""
-    servers: list[LiveServer] = []
+@dataclass(frozen=True)
+class Served:
+    url: str
+    recorder: Recorder
 
-    def start(**settings: Any) -> tuple[LiveServer, Recorder]:
+
+@pytest.fixture
+def serve(make_app) -> Iterator[Callable[..., tuple[Served, Recorder]]]:
+    """`serve(**settings)`: the app, with a recorder, answering on 127.0.0.1 from werkzeug's
+    threaded server until the test ends; limits out of the way unless a test sets them."""
+    servers: list[Any] = []
+
+    def start(**settings: Any) -> tuple[Served, Recorder]:
         settings.setdefault("rate_limit", "10000 per minute")
         settings.setdefault("ban_after", 10000)
-        app = make_app(**settings)
+        app = make_app(**settings)  # waits until the model is loaded
         recorder = Recorder(app.wsgi_app)
         app.wsgi_app = recorder
-        server = LiveServer(app)
+        server = make_server("127.0.0.1", 0, app, threaded=True)
         servers.append(server)
-        server.wait_ready()
-        return server, recorder
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        url = f"http://127.0.0.1:{server.server_port}"
+        assert requests.get(url + "/readyz", timeout=10).status_code == 200
+        return Served(url, recorder), recorder
 
     yield start
     for server in servers:
-        server.close()
+        server.shutdown()
+        server.server_close()
 
 
 def run_cli(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
