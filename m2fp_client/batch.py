@@ -1,7 +1,7 @@
 """Batch parsing: many files through `POST /api/v1/parse`, a bounded number at a time.
 
-    plan = plan_batch(["photos/", "extra.jpg"], out_dir="parsed", output="overlay")
-    report = run_batch(plan, client_factory=lambda: Client(url), concurrency=2)
+    plan = plan_batch(["photos/", "extra.jpg"], out_dir="parsed", params={"output": "json"})
+    report = BatchRunner(plan, client_factory=lambda: Client(url), concurrency=2).run()
 
 - Inputs: files named on the command line are sent whatever their extension; directories are
   walked (hidden entries and the output directory excluded) for .jpg, .jpeg, .png and .webp,
@@ -26,6 +26,7 @@ import errno
 import os
 import queue
 import random
+import re
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -44,6 +45,7 @@ from m2fp_client.client import (
     sniff_image_type,
 )
 
+_NAME = re.compile(r"[a-z][a-z0-9_]{0,31}")
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp")
 # Output file extension from the response's media type; anything else keeps the predicted one.
 EXTENSIONS = {
@@ -85,7 +87,7 @@ class Plan:
 class Outcome:
     """What became of one input. `code` and `message` are the API's (or, with `status` None,
     the client's own: `unsupported_media_type` checked here, `unreadable`, `connection_failed`,
-    `output_conflict`, `cancelled`)."""
+    `client_error`, `output_conflict`, `write_failed`, `cancelled`)."""
 
     source: Path
     state: str
@@ -107,6 +109,9 @@ class Outcome:
 
 @dataclass
 class Report:
+    """Every input's outcome (conflicts first, then in plan order), the files skipped in
+    folders, and why the batch ended early, if it did."""
+
     outcomes: list[Outcome]
     skipped: list[Path]
     seconds: float
@@ -132,12 +137,20 @@ def output_extension(params: Mapping[str, str]) -> str:
     return params.get("format", "png")
 
 
+def _check_names(params: Mapping[str, str]) -> None:
+    """`output` and `format` become part of file names: plain names only."""
+    for key in ("output", "format"):
+        if key in params and not _NAME.fullmatch(params[key]):
+            raise ClientError(f"{key} must be a plain name such as png or cutout: {params[key]!r}")
+
+
 def plan_batch(
     inputs: Sequence[str | Path], *, out_dir: str | Path, params: Mapping[str, str]
 ) -> Plan:
     """Expand `inputs` (files and directories) into jobs writing under `out_dir`.
 
     Raises ClientError for an input that does not exist."""
+    _check_names(params)
     out_dir = Path(out_dir)
     plan = Plan(out_dir=out_dir, params=dict(params))
     output = params.get("output", "overlay")
@@ -160,7 +173,11 @@ def plan_batch(
         else:
             raise ClientError(f"{path} does not exist")
     by_target: dict[Path, list[Path]] = {}
+    seen: set[Path] = set()
     for source, stem in pairs:
+        if source.resolve() in seen:  # named twice (itself and its folder): once is enough
+            continue
+        seen.add(source.resolve())
         target = out_dir / stem.parent / (stem.name + suffix)
         by_target.setdefault(target, []).append(source)
     for target, sources in by_target.items():
@@ -546,8 +563,3 @@ def _failed(job: Job, error: ServiceError) -> Outcome:
 
 def _cancelled(job: Job) -> Outcome:
     return Outcome(job.source, CANCELLED, code="cancelled", message="not finished")
-
-
-def run_batch(plan: Plan, **kwargs: object) -> Report:
-    """`BatchRunner(plan, **kwargs).run()`."""
-    return BatchRunner(plan, **kwargs).run()  # type: ignore[arg-type]

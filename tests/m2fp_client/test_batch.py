@@ -347,6 +347,10 @@ def test_plan_names_outputs_after_inputs_and_refuses_collisions(tmp_path):
         ("beach.png", FAILED, "output_conflict"),
     }
     assert plan.skipped == [src / "notes.txt"]
+    with pytest.raises(ClientError, match="format must be a plain name"):
+        plan_batch([src], out_dir=out, params={"output": "overlay", "format": "../png"})
+    twice = plan_batch([src / "trip", src / "trip/beach.JPEG"], out_dir=out, params={})
+    assert [j.target for j in twice.jobs] == [out / "beach-overlay.png"] and not twice.conflicts
     json_plan = plan_batch([src / "trip/beach.JPEG"], out_dir=out, params={"output": "json"})
     assert json_plan.jobs[0].target == out / "beach.json"
 
