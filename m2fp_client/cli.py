@@ -103,6 +103,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ClientError as exc:
         print(f"m2fp_client: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # outside a batch, which handles its own
+        print("m2fp_client: interrupted", file=sys.stderr)
+        return 130
 
 
 def query_params(args: argparse.Namespace) -> dict[str, str]:
@@ -123,8 +126,9 @@ def query_params(args: argparse.Namespace) -> dict[str, str]:
         "instances": "false" if args.no_instances else None,
         "include_overlay": "true" if args.include_overlay else None,
     }
-    params = {"output": outputs.pop() if outputs else "overlay"}
-    params.update({k: str(v) for k, v in named.items() if v is not None})
+    params = {k: str(v) for k, v in named.items() if v is not None}
+    if outputs:
+        params["output"] = outputs.pop()
     for item in args.param:
         key, sep, value = item.partition("=")
         if not sep or not key:
@@ -132,7 +136,7 @@ def query_params(args: argparse.Namespace) -> dict[str, str]:
         if key in params:
             raise ClientError(f"{key} is given twice (once by --param)")
         params[key] = value
-    return params
+    return {"output": "overlay", **params}
 
 
 def _parse(client: Client, args: argparse.Namespace) -> int:

@@ -30,6 +30,7 @@ from werkzeug.serving import make_server
 
 from m2fp_client import ClientError
 from m2fp_client.batch import FAILED, Throttle, plan_batch, rate_limit_wait
+from m2fp_client.cli import _parser, query_params
 from tests.support import images
 from tests.support.paths import REPO
 
@@ -437,3 +438,31 @@ def test_the_rate_limit_wait_uses_the_servers_clock_only_when_ours_is_off():
     assert rate_limit_wait(headers, now=1796457000.0) == 3.0  # ours 10 min slow: the server's
     assert rate_limit_wait({**headers, "X-RateLimit-Remaining": "1"}, now=0) is None
     assert rate_limit_wait({"X-RateLimit-Remaining": "0"}, now=0) is None
+
+
+@pytest.mark.parametrize(
+    ("argv", "expected"),
+    [
+        ([], {"output": "overlay"}),
+        (["--cutout", "hair,face", "--format", "webp"],
+         {"output": "cutout", "classes": "hair,face", "format": "webp"}),
+        (["--param", "output=matte", "--param", "person=2"], {"output": "matte", "person": "2"}),
+        (["--json", "--no-instances", "--param", "mask_format=png"],
+         {"output": "json", "instances": "false", "mask_format": "png"}),
+    ],
+)  # fmt: skip
+def test_command_line_options_become_query_parameters(argv, expected):
+    assert query_params(_parser().parse_args(["parse", "a.jpg", *argv])) == expected
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--json", "--output", "cutout"], "name different outputs"),
+        (["--alpha", "0.5", "--param", "alpha=0.4"], "alpha is given twice"),
+        (["--param", "alpha"], "--param takes KEY=VALUE"),
+    ],
+)
+def test_contradictory_options_are_usage_errors(argv, message):
+    with pytest.raises(ClientError, match=message):
+        query_params(_parser().parse_args(["parse", "a.jpg", *argv]))
