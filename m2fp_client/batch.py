@@ -316,7 +316,8 @@ class BatchRunner:
 
     `run(on_outcome)` returns the Report; a KeyboardInterrupt while it waits cancels the rest:
     no new request starts, in-flight answers are dropped unwritten, and the report marks the
-    unfinished files cancelled."""
+    unfinished files cancelled. A stop for a ban or an unreachable service (`cancel`) starts no
+    new request either, but still writes the answers already on their way."""
 
     def __init__(
         self,
@@ -342,6 +343,7 @@ class BatchRunner:
         self._write_lock = threading.Lock()
         self._stopped_because: str | None = None
         self._unreachable = False
+        self._interrupted = False
         self._sessions: list[requests.Session] = []
         self._on_wait: Callable[[float, str], None] = lambda seconds, why: None
 
@@ -379,7 +381,7 @@ class BatchRunner:
                 on_outcome(outcome)
         except KeyboardInterrupt:
             interrupted = True
-            self.cancel()
+            self.interrupt()
         finished = [outcomes.get(job) or _cancelled(job) for job in self.plan.jobs]
         return Report(
             outcomes=[*self.plan.conflicts, *finished],
@@ -390,11 +392,18 @@ class BatchRunner:
             unreachable=self._unreachable,
         )
 
-    def cancel(self, reason: str | None = None, *, unreachable: bool = False) -> None:
-        """Stop starting requests; a write in progress finishes, none starts after this."""
-        if reason and self._stopped_because is None:
+    def cancel(self, reason: str, *, unreachable: bool = False) -> None:
+        """Start no more requests (a ban, an unreachable service); answers to requests already
+        sent are still written."""
+        if self._stopped_because is None:
             self._stopped_because = reason
             self._unreachable = unreachable
+        self.throttle.cancel()
+
+    def interrupt(self) -> None:
+        """Ctrl-C: start no more requests and write nothing more; a write in progress finishes
+        first, so no file is left half-written."""
+        self._interrupted = True
         self.throttle.cancel()
         with self._write_lock:
             pass  # waits for a write in progress
@@ -513,7 +522,7 @@ class BatchRunner:
         if media in EXTENSIONS and target.suffix != "." + EXTENSIONS[media]:
             target = target.with_suffix("." + EXTENSIONS[media])
         with self._write_lock:
-            if self.throttle.cancelled:
+            if self._interrupted:
                 return _cancelled(job)
             if target.exists() and not self.overwrite:
                 return Outcome(job.source, EXISTS, target)
