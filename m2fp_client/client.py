@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import os
 import random
+import re
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from email.utils import parsedate_to_datetime
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -15,6 +16,7 @@ import requests
 RETRY_STATUSES = frozenset({429, 502, 503, 504})
 API_KEY_HEADER = "X-API-Key"
 
+_TOKEN = re.compile(r"[a-z][a-z0-9_]{0,31}")
 _MAGIC = (
     (b"\x89PNG\r\n\x1a\n", "image/png"),
     (b"\xff\xd8\xff", "image/jpeg"),
@@ -33,7 +35,8 @@ class ServiceError(ClientError):
     """The service answered with an error (after any retries).
 
     `status` is the HTTP status, `code` and `request_id` come from the API's JSON error body
-    (`{"error": {"code", "message", "request_id"}}`), `retry_after` from the header (seconds).
+    (`{"error": {"code", "message", "request_id"}}`), `retry_after` from the header (seconds);
+    `headers` are the answer's.
     """
 
     def __init__(
@@ -44,6 +47,7 @@ class ServiceError(ClientError):
         *,
         request_id: str | None = None,
         retry_after: float | None = None,
+        headers: Mapping[str, str] | None = None,
     ) -> None:
         detail = f"{status} {code}: {message}"
         if request_id:
@@ -56,6 +60,7 @@ class ServiceError(ClientError):
         self.message = message
         self.request_id = request_id
         self.retry_after = retry_after
+        self.headers: Mapping[str, str] = headers if headers is not None else {}
 
 
 def sniff_image_type(data: bytes) -> str:
@@ -123,18 +128,18 @@ class Client:
         instances: bool | None = None,
         mask_format: str | None = None,
         include_overlay: bool | None = None,
-        classes: Iterable[int] | None = None,
+        classes: Iterable[int | str] | None = None,
         format: str | None = None,
+        params: Mapping[str, str] | None = None,
     ) -> Any:
         """Parse one image (bytes, a path, or a binary file object).
 
         `output="overlay"` or `"cutout"` returns the image bytes (PNG, or WebP with
-        `format="webp"`); `output="json"` returns the JSON result as a dict.
+        `format="webp"`); `output="json"` returns the JSON result as a dict; any other output
+        the service offers returns its bytes. `params` passes further query options as they are
+        (the service refuses unknown ones with a 400 that names them).
         """
-        if output not in ("overlay", "json", "cutout"):
-            raise ClientError(f"output must be overlay, json or cutout, not {output!r}")
-        data = _read_image(image)
-        params: dict[str, str] = {"output": output}
+        query: dict[str, str] = {"output": output}
         for name, value in (
             ("alpha", alpha),
             ("instances", instances),
@@ -143,18 +148,31 @@ class Client:
             ("format", format),
         ):
             if value is not None:
-                params[name] = str(value).lower() if isinstance(value, bool) else str(value)
+                query[name] = str(value).lower() if isinstance(value, bool) else str(value)
         if classes is not None:
-            params["classes"] = ",".join(str(int(c)) for c in classes)
-        accept = "application/json" if output == "json" else "image/png, image/webp"
-        response = self._request(
+            query["classes"] = ",".join(str(c) for c in classes)
+        query.update(params or {})
+        response = self.parse_response(_read_image(image), query)
+        return response.json() if output == "json" else response.content
+
+    def parse_response(
+        self, data: bytes, params: Mapping[str, str], *, retries: int | None = None
+    ) -> requests.Response:
+        """`POST /api/v1/parse` with the image bytes and these query parameters as they are:
+        the successful response, or ServiceError. `retries` overrides the client's (the batch
+        runner passes 0 and paces its retries itself)."""
+        output = params.get("output", "")
+        if not _TOKEN.fullmatch(output):
+            raise ClientError(f"output must be a name such as overlay, json or cutout: {output!r}")
+        accept = "application/json" if output == "json" else "image/*, application/octet-stream"
+        return self._request(
             "POST",
             "/api/v1/parse",
-            params=params,
+            retries=retries,
+            params=dict(params),
             data=data,
             headers={"Content-Type": sniff_image_type(data), "Accept": accept},
         )
-        return response.json() if output == "json" else response.content
 
     def classes(self) -> list[dict]:
         """The class legend: ``[{"id", "name", "color"}, ...]``."""
@@ -170,9 +188,12 @@ class Client:
 
     # -- transport --------------------------------------------------------------------------
 
-    def _request(self, method: str, path: str, **kwargs: Any) -> requests.Response:
+    def _request(
+        self, method: str, path: str, *, retries: int | None = None, **kwargs: Any
+    ) -> requests.Response:
         """Send, retrying on RETRY_STATUSES and failed connections; raise ServiceError on an
         error answer that is not (or no longer) worth retrying."""
+        retries = self.retries if retries is None else retries
         attempt = 0
         while True:
             try:
@@ -182,7 +203,7 @@ class Client:
                     exc.__cause__, requests.exceptions.SSLError
                 ):
                     raise  # a certificate problem does not go away by retrying
-                if attempt >= self.retries:
+                if attempt >= retries:
                     raise
                 self._sleep(self._backoff(attempt))
                 attempt += 1
@@ -193,7 +214,7 @@ class Client:
             if response.status_code < 400:
                 return response
             error = _service_error(response)
-            if response.status_code not in RETRY_STATUSES or attempt >= self.retries:
+            if response.status_code not in RETRY_STATUSES or attempt >= retries:
                 raise error
             if error.retry_after is not None and error.retry_after > self.max_retry_after:
                 raise error  # the server asks for a longer pause than we are willing to wait
@@ -228,6 +249,8 @@ class Client:
             raise ConnectionFailed(f"could not connect to {self.url}: is it running?") from exc
         except requests.exceptions.Timeout as exc:
             raise ConnectionFailed(f"{self.url} did not answer within {self.timeout} s") from exc
+        except requests.exceptions.RequestException as exc:  # e.g. a connection cut mid-answer
+            raise ConnectionFailed(f"{self.url}: {type(exc).__name__}: {exc}") from exc
 
     def _backoff(self, attempt: int) -> float:
         return self.backoff * (2**attempt) * random.uniform(0.5, 1.0)
@@ -261,6 +284,7 @@ def _service_error(response: requests.Response) -> ServiceError:
         message,
         request_id=request_id,
         retry_after=_retry_after(response.headers.get("Retry-After")),
+        headers=response.headers,
     )
 
 
