@@ -129,9 +129,11 @@ def _parse_operation(max_bytes: int) -> dict[str, Any]:
             ),
             _query(
                 "classes",
-                "Comma-separated class ids (0-19): the classes of a cutout (default 1-19), or"
-                " the classes tinted in an overlay (default all).",
-                {"type": "string", "pattern": "^[0-9]{1,2}(,[0-9]{1,2})*$"},
+                "Comma-separated class ids (0-19) or stable keys (`hair`, `upper_clothes`,"
+                " `left_arm`, ... as `GET /api/v1/classes` lists them; case-insensitive):"
+                " the classes of a cutout (default 1-19), or the classes tinted in an overlay"
+                " (default all).",
+                {"type": "string", "pattern": "^[A-Za-z0-9_-]{1,20}(,[A-Za-z0-9_-]{1,20})*$"},
             ),
         ],
         "requestBody": {
@@ -193,10 +195,15 @@ def _schemas() -> dict[str, Any]:
         },
         "Class": {
             "type": "object",
-            "required": ["id", "name", "color"],
+            "required": ["id", "key", "name", "color"],
             "properties": {
                 "id": {"type": "integer", "minimum": 0, "maximum": 19},
-                "name": {"type": "string"},
+                "key": {
+                    "type": "string",
+                    "pattern": "^[a-z][a-z_]*$",
+                    "description": "Stable snake_case key (accepted by `classes=`).",
+                },
+                "name": {"type": "string", "description": "Display name."},
                 "color": {"type": "string", "pattern": "^#[0-9a-f]{6}$"},
             },
         },
@@ -244,11 +251,32 @@ def _schemas() -> dict[str, Any]:
                     "description": "x, y, width, height (COCO).",
                 },
                 "area": {"type": "integer", "description": "Pixels of the person's mask."},
-                "parts": {"type": "array", "items": integer},
+                "parts": {
+                    "type": "array",
+                    "items": integer,
+                    "description": "Class ids present in the person, ascending.",
+                },
                 "part_pixels": {
                     "type": "object",
-                    "description": "Class id (as a string) → pixels of that class in the person.",
+                    "description": "Class id (as a string: a JSON object key) → pixels of"
+                    " that class in the person. Kept for v1; `part_areas` carries the same"
+                    " counts with integer ids, keys and names.",
                     "additionalProperties": integer,
+                },
+                "part_areas": {
+                    "type": "array",
+                    "description": "The person's classes by id: id (integer, as in `parts`),"
+                    " key, display name and pixels.",
+                    "items": {
+                        "type": "object",
+                        "required": ["id", "key", "name", "pixels"],
+                        "properties": {
+                            "id": integer,
+                            "key": {"type": "string"},
+                            "name": {"type": "string"},
+                            "pixels": integer,
+                        },
+                    },
                 },
                 "mask": _ref("Mask"),
             },

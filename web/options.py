@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
-from m2fp.labels import NUM_CLASSES
+from m2fp.labelsets import CIHP, LabelSet
 from security.errors import BadRequest
 
 OUTPUTS = ("overlay", "json", "cutout")
@@ -83,9 +83,10 @@ def parse_options(
         output = _choice("output", values["output"], OUTPUTS)
     if "format" in values:
         fmt = _choice("format", values["format"], IMAGE_FORMATS)
-    classes = _classes(values["classes"]) if "classes" in values else None
+    labels = CIHP
+    classes = _classes(values["classes"], labels) if "classes" in values else None
     if output == "cutout" and classes is None:
-        classes = tuple(range(1, NUM_CLASSES))  # every part of every person
+        classes = tuple(range(1, len(labels)))  # every part of every person
     return ParseOptions(
         output=output,
         format=fmt,
@@ -123,17 +124,20 @@ def _alpha(value: str) -> float:
     return alpha
 
 
-def _classes(value: str) -> tuple[int, ...]:
+def _classes(value: str, labels: LabelSet) -> tuple[int, ...]:
+    """Comma-separated ids or keys (`2,upper_clothes`) of `labels` → ids, first mention order."""
     ids: list[int] = []
     for part in value.split(","):
-        part = part.strip()
-        if not (part.isascii() and part.isdigit()) or int(part) >= NUM_CLASSES:
+        try:
+            class_id = labels.class_id(part)
+        except KeyError:
             raise BadRequest(
-                f"classes must be comma-separated class ids from 0 to {NUM_CLASSES - 1} "
-                f"(see GET /api/v1/classes), not {part[:40]!r}."
-            )
-        if int(part) not in ids:
-            ids.append(int(part))
+                f"classes must be comma-separated class ids from 0 to {len(labels) - 1} or"
+                f" keys such as {labels.keys[2]} (see GET /api/v1/classes), not"
+                f" {part.strip()[:40]!r}."
+            ) from None
+        if class_id not in ids:
+            ids.append(class_id)
     return tuple(ids)
 
 

@@ -293,11 +293,18 @@ def test_class_stats() -> None:
     assert ids == sorted(ids) and 7 not in ids and 0 in ids
     assert sum(s["pixels"] for s in stats) == sem.size
     for s in stats:
-        assert set(s) == {"id", "name", "color", "pixels", "fraction"}
+        assert set(s) == {"id", "key", "name", "color", "pixels", "fraction"}
         assert s["name"] == CLASS_NAMES[s["id"]]
         assert s["color"] == "#{:02x}{:02x}{:02x}".format(*PALETTE[s["id"]])
         assert s["pixels"] == int((sem == s["id"]).sum())
         assert s["fraction"] == pytest.approx(s["pixels"] / sem.size, abs=0)
     assert render.class_stats(np.zeros((3, 4), np.uint8)) == [
-        {"id": 0, "name": "Background", "color": "#000000", "pixels": 12, "fraction": 1.0}
+        {
+            "id": 0,
+            "key": "background",
+            "name": "Background",
+            "color": "#000000",
+            "pixels": 12,
+            "fraction": 1.0,
+        }
     ]

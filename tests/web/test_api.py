@@ -357,7 +357,7 @@ def test_json_result_shape(client):
     assert body["timing_ms"]["total"] >= body["timing_ms"]["inference"]
     assert body["timing_ms"]["inference"] >= body["timing_ms"]["queue"]
     for stat in body["classes"]:
-        assert set(stat) == {"id", "name", "color", "pixels", "fraction"}
+        assert set(stat) == {"id", "key", "name", "color", "pixels", "fraction"}
         assert stat["name"] == CLASS_NAMES[stat["id"]]
     assert abs(sum(c["fraction"] for c in body["classes"]) - 1.0) < 1e-6
     label_map = images.decode(base64.b64decode(body["label_map"]["data"]))
@@ -418,3 +418,47 @@ def test_responses_never_reveal_internals(client):
 def test_json_bodies_are_valid_json(client):
     r = client.post(PARSE + "?output=json", data=images.webp(), content_type="image/webp")
     json.loads(r.get_data(as_text=True))
+
+
+# --- issue 16: classes by name, original size, mattes, layers, label sets ---------------------
+
+
+def _json(client, query: str = "", data: bytes | None = None) -> dict:
+    r = client.post(
+        f"{PARSE}?output=json{query}", data=data or images.png(), content_type="image/png"
+    )
+    assert r.status_code == 200, r.get_data(as_text=True)
+    return r.get_json()
+
+
+def test_classes_by_key_and_by_id_give_the_same_cutout(client):
+    by_id = client.post(
+        f"{PARSE}?output=cutout&classes=2,5,14", data=images.png(), content_type="image/png"
+    )
+    by_key = client.post(
+        f"{PARSE}?output=cutout&classes=hair,Upper_Clothes,left-arm",
+        data=images.png(),
+        content_type="image/png",
+    )
+    assert by_id.status_code == by_key.status_code == 200
+    assert by_id.data == by_key.data
+    r = client.post(f"{PARSE}?classes=hairs", data=images.png(), content_type="image/png")
+    error = assert_error(r, 400)
+    assert "classes" in error["message"] and "'hairs'" in error["message"]
+
+
+def test_json_carries_keys_and_integer_ids_everywhere(client):
+    from m2fp.labels import CLASS_KEYS
+
+    body = _json(client)
+    for stat in body["classes"]:
+        assert stat["key"] == CLASS_KEYS[stat["id"]]
+    legend = client.get("/api/v1/classes").get_json()["classes"]
+    assert [c["key"] for c in legend] == list(CLASS_KEYS)
+    for person in body["persons"]:
+        areas = person["part_areas"]
+        assert [a["id"] for a in areas] == person["parts"]
+        assert all(type(a["id"]) is int for a in areas)
+        assert {str(a["id"]): a["pixels"] for a in areas} == person["part_pixels"]
+        for a in areas:
+            assert (a["key"], a["name"]) == (CLASS_KEYS[a["id"]], CLASS_NAMES[a["id"]])
