@@ -10,7 +10,8 @@ from typing import Any
 
 from flask import Flask
 
-from web.options import DEFAULT_ALPHA, IMAGE_FORMATS, MASK_FORMATS, OUTPUTS
+from m2fp.labelsets import LABEL_SETS
+from web.options import DEFAULT_ALPHA, IMAGE_FORMATS, MASK_FORMATS, OUTPUTS, PSD_MEDIA_TYPE, SIZES
 
 ERROR_STATUSES = {
     "400": "Malformed request: no image, bad JSON or base64, an unknown or invalid option.",
@@ -73,12 +74,14 @@ def _parse_operation(max_bytes: int) -> dict[str, Any]:
     }
     responses: dict[str, Any] = {
         "200": {
-            "description": "The parse: a JSON document, or an overlay or cutout image.",
+            "description": "The parse: a JSON document, an overlay, cutout or matte image, or"
+            " a layered Photoshop file.",
             "headers": image_headers,
             "content": {
                 "application/json": {"schema": _ref("ParseResult")},
                 "image/png": {"schema": binary},
                 "image/webp": {"schema": binary},
+                PSD_MEDIA_TYPE: {"schema": binary},
             },
         }
     }
@@ -91,20 +94,23 @@ def _parse_operation(max_bytes: int) -> dict[str, Any]:
             "Finds every person and labels each pixel with one of 20 classes. Without `output`"
             " the Accept header decides: `image/png` (or `image/webp`) before JSON gives an"
             " overlay, anything else JSON. Results are at the size of the working copy (longest"
-            f" side at most M2FP_MAX_SIDE). At most {max_bytes} bytes of image. Rate limited"
-            " per client address or per API key."
+            " side at most M2FP_MAX_SIDE), or at the photo's own size with `size=original`."
+            f" At most {max_bytes} bytes of image. Rate limited per client address or per API"
+            " key."
         ),
         "security": [{}, {"bearer": []}, {"apiKey": []}],
         "parameters": [
             _query(
                 "output",
-                "overlay (colour overlay image), json, or cutout (transparent image of"
-                " `classes`). Default from the Accept header.",
+                "overlay (colour overlay image), json, cutout (transparent image of"
+                " `classes` and/or `person`), matte (single-channel alpha matte, 255 inside,"
+                " of `classes` and/or `person`), or psd (layered Photoshop file: the photo,"
+                " one layer per part, one per person). Default from the Accept header.",
                 {"type": "string", "enum": list(OUTPUTS)},
             ),
             _query(
                 "format",
-                "Image format of overlay and cutout (WebP is lossless).",
+                "Image format of overlay, cutout and matte (WebP is lossless).",
                 {"type": "string", "enum": list(IMAGE_FORMATS), "default": "png"},
             ),
             _query(
@@ -134,6 +140,26 @@ def _parse_operation(max_bytes: int) -> dict[str, Any]:
                 " the classes of a cutout (default 1-19), or the classes tinted in an overlay"
                 " (default all).",
                 {"type": "string", "pattern": "^[A-Za-z0-9_-]{1,20}(,[A-Za-z0-9_-]{1,20})*$"},
+            ),
+            _query(
+                "person",
+                "Only this person (1..N, as `persons[].id`) in a cutout or matte; without"
+                " `classes`, the person's whole mask. A person the image does not have is a"
+                " 400.",
+                {"type": "integer", "minimum": 1, "maximum": 10000},
+            ),
+            _query(
+                "size",
+                "working: results at the working copy's size; original: at the photo's own"
+                " size (after EXIF orientation), every mask and the label map from the class"
+                " probabilities resized to it.",
+                {"type": "string", "enum": list(SIZES), "default": "working"},
+            ),
+            _query(
+                "labels",
+                "The label set of ids, keys, names, colours and the label map: the model's"
+                " 20 CIHP classes, LIP (20), ATR (18) or coarse (7); `classes` refers to it.",
+                {"type": "string", "enum": list(LABEL_SETS), "default": "cihp"},
             ),
         ],
         "requestBody": {
@@ -361,10 +387,17 @@ def openapi_document(app: Flask) -> dict[str, Any]:
             "/api/v1/classes": {
                 "get": {
                     "operationId": "classes",
-                    "summary": "Class ids, names and palette colours (the legend).",
+                    "summary": "Class ids, keys, names and palette colours (the legend).",
+                    "parameters": [
+                        _query(
+                            "labels",
+                            "The label set to list (as `labels` of the parse).",
+                            {"type": "string", "enum": list(LABEL_SETS), "default": "cihp"},
+                        )
+                    ],
                     "responses": {
                         "200": _json_response(
-                            "The 20 classes.",
+                            "The classes of the label set (20 for CIHP).",
                             {
                                 "type": "object",
                                 "required": ["classes"],

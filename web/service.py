@@ -5,7 +5,7 @@ strikes, inference through the engine's queue. One instance per app, in
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from m2fp.engine import EngineNotReady, QueueFull
@@ -52,15 +52,18 @@ class ParseService:
                 "The server is low on memory; try again shortly.", retry_after=RETRY_OVERLOADED
             )
 
-    def decode(self, upload: Upload) -> DecodedImage:
-        """`security.uploads.load_upload`; each rejection counts towards a ban."""
+    def decode(self, upload: Upload, *, full_size: bool = False) -> DecodedImage:
+        """`security.uploads.load_upload`; each rejection counts towards a ban. `full_size`
+        keeps the photo's own size (no working-copy downscale; the pixel cap still holds)."""
         started = time.perf_counter()
+        # no side of an image within the pixel cap is longer than the cap itself
+        policy = replace(self.policy, max_side=self.policy.max_pixels) if full_size else self.policy
         try:
             return load_upload(
                 upload.data,
                 declared_type=upload.declared_type,
                 filename=upload.filename,
-                policy=self.policy,
+                policy=policy,
             )
         except (UnsupportedMediaType, UnprocessableImage, PayloadTooLarge):
             # The byte cap was checked before; a 413 from here is the pixel cap.

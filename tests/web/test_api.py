@@ -462,3 +462,118 @@ def test_json_carries_keys_and_integer_ids_everywhere(client):
         assert {str(a["id"]): a["pixels"] for a in areas} == person["part_pixels"]
         for a in areas:
             assert (a["key"], a["name"]) == (CLASS_KEYS[a["id"]], CLASS_NAMES[a["id"]])
+
+
+def _smooth_photo(width: int = 128, height: int = 96) -> np.ndarray:
+    """A gradient with a flat block and no noise: downscaling it changes little, so the model
+    sees nearly the same input at both sizes."""
+    y, x = np.mgrid[0:height, 0:width]
+    rgb = np.stack([x * 255 // (width - 1), y * 255 // (height - 1), (x + y) * 255 // 222], -1)
+    photo = rgb.astype(np.uint8)
+    photo[20:70, 40:90] = (200, 40, 60)
+    return photo
+
+
+def _label_map(body: dict) -> np.ndarray:
+    return np.asarray(images.decode(base64.b64decode(body["label_map"]["data"])))
+
+
+def test_original_size_in_every_output(make_app):
+    client = make_app(max_side=64, rate_limit="1000 per minute").test_client()
+    data = images.encode(_smooth_photo(), "PNG")
+    for size, (w, h) in [("working", (64, 48)), ("original", (128, 96))]:
+        body = _json(client, f"&size={size}&mask_format=png&include_overlay=true", data)
+        assert body["image"] == {"width": w, "height": h}
+        assert _label_map(body).shape == (h, w)
+        assert images.decode(base64.b64decode(body["overlay"]["data"])).size == (w, h)
+        for person in body["persons"]:
+            assert images.decode(base64.b64decode(person["mask"]["data"])).size == (w, h)
+        for output in ("overlay", "cutout", "matte", "psd"):
+            query = f"{PARSE}?output={output}&size={size}"
+            r = client.post(query, data=data, content_type="image/png")
+            assert r.status_code == 200, (output, r.get_data(as_text=True))
+            assert (r.headers["X-Image-Width"], r.headers["X-Image-Height"]) == (str(w), str(h))
+            assert images.decode(r.data).size == (w, h), output
+
+
+def test_original_size_masks_line_up_with_the_working_size_ones(make_app):
+    client = make_app(max_side=64, rate_limit="1000 per minute").test_client()
+    data = images.encode(_smooth_photo(), "PNG")
+    working = _label_map(_json(client, "&size=working", data))
+    original = _label_map(_json(client, "&size=original", data))
+    assert original.shape == (96, 128) and working.shape == (48, 64)
+    scaled = working.repeat(2, axis=0).repeat(2, axis=1)
+    assert (original == scaled).mean() >= 0.95
+    # Where they differ, it is at an edge of the working-size map (within 2 working pixels).
+    edge = np.zeros_like(scaled, dtype=bool)
+    for dy in range(-4, 5):
+        for dx in range(-4, 5):
+            shifted = np.roll(scaled, (dy, dx), axis=(0, 1))
+            edge |= shifted != scaled
+    assert not ((original != scaled) & ~edge).any()
+    # Resized probabilities, not a nearest-neighbour blow-up: edges cut through 2x2 blocks.
+    blocks = original.reshape(48, 2, 64, 2).transpose(0, 2, 1, 3).reshape(48, 64, 4)
+    assert (blocks != blocks[..., :1]).any(axis=-1).sum() > 0
+
+
+def test_matte_of_classes_and_of_one_person(client):
+    body = _json(client, "&mask_format=png")
+    label_map = _label_map(body)
+    present = [c["id"] for c in body["classes"] if c["id"] != 0]
+    query = f"{PARSE}?output=matte&classes={present[0]}"
+    r = client.post(query, data=images.png(), content_type="image/png")
+    assert r.status_code == 200 and r.mimetype == "image/png"
+    matte = images.decode(r.data)
+    assert matte.mode == "L"
+    matte = np.asarray(matte)
+    assert set(np.unique(matte)) <= {0, 255}
+    np.testing.assert_array_equal(matte == 255, label_map == present[0])
+    person = body["persons"][0]
+    mask = np.asarray(images.decode(base64.b64decode(person["mask"]["data"]))) > 0
+    r = client.post(f"{PARSE}?output=matte&person=1", data=images.png(), content_type="image/png")
+    np.testing.assert_array_equal(np.asarray(images.decode(r.data)) == 255, mask)
+    from m2fp.labels import CLASS_KEYS
+
+    query = f"{PARSE}?output=cutout&person=1&classes={CLASS_KEYS[present[0]]}"
+    r = client.post(query, data=images.png(), content_type="image/png")
+    cutout = np.asarray(images.decode(r.data))
+    np.testing.assert_array_equal(cutout[..., 3] > 0, mask & (label_map == present[0]))
+
+
+@pytest.mark.parametrize(
+    ("query", "needle"),
+    [
+        ("output=matte&person=0", "person"),
+        ("output=matte&person=x", "person"),
+        ("output=overlay&person=1", "person"),
+        ("output=json&person=1", "person"),
+        ("output=matte&person=99", "person=99"),
+        ("size=huge", "size"),
+        ("labels=voc", "labels"),
+        ("labels=atr&classes=coat", "classes"),
+    ],
+)
+def test_person_size_and_labels_errors_are_400(client, query, needle):
+    r = client.post(f"{PARSE}?{query}", data=images.png(), content_type="image/png")
+    assert needle in assert_error(r, 400)["message"]
+
+
+def test_gimp_opens_the_layered_file_with_named_layers(client, tmp_path):
+    from tests.support import gimp
+
+    body = _json(client)
+    r = client.post(f"{PARSE}?output=psd", data=images.png(), content_type="image/png")
+    assert r.status_code == 200 and r.mimetype == "image/vnd.adobe.photoshop"
+    path = tmp_path / "parse.psd"
+    path.write_bytes(r.data)
+    size, layers = gimp.load_layers(path, tmp_path)
+    assert size == (128, 96)
+    names = [name for name, _, _ in layers]
+    parts = [c["name"] for c in body["classes"] if c["id"] != 0]
+    persons = [f"Person {p['id']}" for p in body["persons"]]
+    assert names == ["Photo", *parts, *persons]
+    assert layers[0] == ("Photo", 128, 96)
+    for (name, width, height), person in zip(
+        layers[len(parts) + 1 :], body["persons"], strict=True
+    ):
+        assert (width, height) == tuple(person["bbox"][2:]), name
