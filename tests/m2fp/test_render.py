@@ -308,3 +308,39 @@ def test_class_stats() -> None:
             "fraction": 1.0,
         }
     ]
+
+
+def test_matte_classes_and_region() -> None:
+    sem = _semantic()
+    chosen = [int(sem[0, 0]), int(sem[-1, -1])]
+    matte = render.matte(sem, chosen)
+    assert matte.dtype == np.uint8 and matte.shape == sem.shape
+    assert set(np.unique(matte)) <= {0, 255}
+    np.testing.assert_array_equal(matte == 255, np.isin(sem, chosen))
+    region = np.zeros(sem.shape, bool)
+    region[: sem.shape[0] // 2] = True
+    within = render.matte(sem, chosen, within=region)
+    np.testing.assert_array_equal(within == 255, np.isin(sem, chosen) & region)
+    image = np.full((*sem.shape, 3), 7, np.uint8)
+    cut = render.cutout(image, sem, chosen, within=region)
+    np.testing.assert_array_equal(cut[..., 3], within)
+    with pytest.raises(ValueError, match="at least one"):
+        render.matte(sem, [])
+    with pytest.raises(ValueError, match="within"):
+        render.matte(sem, chosen, within=region[:2])
+
+
+def test_renderers_in_another_label_set() -> None:
+    from m2fp.labelsets import ATR
+
+    sem = ATR.remap(_semantic())
+    assert sem.max() < len(ATR)
+    stats = render.class_stats(sem, labels=ATR)
+    assert all(s["key"] == ATR.keys[s["id"]] for s in stats)
+    colours = render.colorize(sem, labels=ATR)
+    np.testing.assert_array_equal(colours, ATR.palette[sem])
+    png = render.label_map_png(sem, palette=True, labels=ATR)
+    decoded = Image.open(io.BytesIO(png))
+    np.testing.assert_array_equal(np.asarray(decoded), sem)
+    with pytest.raises(ValueError, match="outside"):
+        render.overlay(np.zeros((*sem.shape, 3), np.uint8), sem, classes=[18], labels=ATR)
