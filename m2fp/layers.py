@@ -93,7 +93,8 @@ def layer_stack(
 
 
 def layered_psd(layers: Sequence[Layer], *, width: int, height: int) -> bytes:
-    """An 8-bit RGB Photoshop file (RLE-compressed channels) of `layers`, bottom first.
+    """An 8-bit Photoshop file (RGB + transparency, RLE-compressed channels) of `layers`,
+    bottom first.
 
     Returns:
         The .psd file's bytes, made in memory.
@@ -104,10 +105,12 @@ def layered_psd(layers: Sequence[Layer], *, width: int, height: int) -> bytes:
 
     if not layers or layers[0].pixels.shape[:2] != (height, width):
         raise ValueError("the bottom layer must cover the whole canvas")
-    psd = PSDImage.new("RGB", (width, height))
+    # An RGBA document: psd-tools then stores each layer's alpha as the layer's transparency
+    # (in an RGB one it becomes a layer mask over opaque pixels).
+    psd = PSDImage.new("RGBA", (width, height))
     for layer in layers:
         pil = Image.fromarray(np.ascontiguousarray(layer.pixels), "RGBA")
-        psd.append(PixelLayer.frompil(pil, psd, layer.name, top=layer.top, left=layer.left))
+        PixelLayer.frompil(pil, psd, layer.name, top=layer.top, left=layer.left)  # appends
     # The merged image (what viewers without layers show) is the opaque bottom layer: every
     # layer above holds its pixels unchanged. `PSDImage.save` would composite the stack in
     # Python to find that out (seconds at 2 MP), so the section is set here and the record

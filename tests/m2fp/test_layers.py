@@ -85,3 +85,20 @@ def test_errors() -> None:
         layer_stack(image, semantic, [persons[0][:5]])
     with pytest.raises(ValueError, match="whole canvas"):
         layered_psd(layer_stack(image, semantic)[1:], width=40, height=30)
+
+
+def test_gimp_keeps_each_layers_transparency(tmp_path) -> None:
+    from tests.support import gimp
+
+    image, semantic, persons = _scene()
+    path = tmp_path / "scene.psd"
+    path.write_bytes(layered_psd(layer_stack(image, semantic, persons), width=40, height=30))
+    size, layers = gimp.load_layers(path, tmp_path)
+    assert size == (40, 30)
+    assert layers == [
+        ("Photo", 40, 30), ("Hair", 10, 10), ("UpperClothes", 12, 16), ("Face", 10, 10),
+        ("Person 1", 12, 26), ("Person 2", 10, 10),
+    ]  # fmt: skip
+    # the hole at (x=10, y=20) is (6, 8) in the layer; (0, 0) is inside the upper clothes
+    alpha = gimp.layer_alpha(path, tmp_path, "UpperClothes", [(6, 8), (0, 0)])
+    assert alpha == {(6, 8): 0, (0, 0): 255}

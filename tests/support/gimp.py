@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 import subprocess
 from pathlib import Path
 
@@ -24,19 +23,19 @@ _SCRIPT = """
           "|" (number->string (car (gimp-drawable-height layer))))))
       (loop (+ i 1)))))
 """
-_LINE = re.compile(r"(IMAGE|LAYER)\|(.*)\|(\d+)\|(\d+)$")
+_LINE = re.compile(r"(IMAGE|LAYER|ALPHA)\|(.*)\|(\d+)\|(\d+)$")
 
 
-def available() -> bool:
-    return shutil.which("gimp") is not None
+_ALPHA_SCRIPT = """
+(let* ((img (car (gimp-file-load RUN-NONINTERACTIVE "{path}" "{path}")))
+       (layer (car (gimp-image-get-layer-by-name img "{name}"))))
+  {probes})
+"""
+_PROBE = """(gimp-message (string-append "ALPHA|{x},{y}|" (number->string
+  (vector-ref (cadr (gimp-drawable-get-pixel layer {x} {y})) 3)) "|0"))"""
 
 
-def load_layers(path: Path, workdir: Path) -> tuple[tuple[int, int], list[tuple[str, int, int]]]:
-    """((width, height), [(layer name, width, height), ...] bottom first) as GIMP loads `path`.
-
-    Raises:
-        AssertionError: GIMP failed or reported no image.
-    """
+def _run(script: str, workdir: Path) -> str:
     home = workdir / "gimp-home"
     home.mkdir(exist_ok=True)
     env = {
@@ -47,7 +46,6 @@ def load_layers(path: Path, workdir: Path) -> tuple[tuple[int, int], list[tuple[
         "XDG_CACHE_HOME": str(home / "cache"),
         "LANG": "C.UTF-8",
     }
-    script = _SCRIPT.format(path=str(path).replace("\\", "\\\\").replace('"', '\\"'))
     done = subprocess.run(
         ["gimp", "-i", "-n", "--no-data", "--no-fonts", "-b", script, "-b", "(gimp-quit 0)"],
         capture_output=True,
@@ -57,7 +55,36 @@ def load_layers(path: Path, workdir: Path) -> tuple[tuple[int, int], list[tuple[
         timeout=180,
         check=False,
     )
-    output = done.stdout + done.stderr
+    return done.stdout + done.stderr
+
+
+def _quoted(path: Path) -> str:
+    return str(path).replace("\\", "\\\\").replace('"', '\\"')
+
+
+def layer_alpha(
+    path: Path, workdir: Path, name: str, points: list[tuple[int, int]]
+) -> dict[tuple[int, int], int]:
+    """Alpha (0-255) GIMP finds at layer-local (x, y) points of the layer called `name`."""
+    probes = "\n  ".join(_PROBE.format(x=x, y=y) for x, y in points)
+    output = _run(_ALPHA_SCRIPT.format(path=_quoted(path), name=name, probes=probes), workdir)
+    found = {}
+    for line in output.splitlines():
+        match = _LINE.search(line.strip())
+        if match and match.group(1) == "ALPHA":
+            x, y = match.group(2).split(",")
+            found[(int(x), int(y))] = int(match.group(3))
+    assert set(found) == set(points), f"GIMP did not probe {path.name}:\n{output[-2000:]}"
+    return found
+
+
+def load_layers(path: Path, workdir: Path) -> tuple[tuple[int, int], list[tuple[str, int, int]]]:
+    """((width, height), [(layer name, width, height), ...] bottom first) as GIMP loads `path`.
+
+    Raises:
+        AssertionError: GIMP failed or reported no image.
+    """
+    output = _run(_SCRIPT.format(path=_quoted(path)), workdir)
     size, layers = None, []
     for line in output.splitlines():
         match = _LINE.search(line.strip())
