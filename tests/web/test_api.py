@@ -577,3 +577,48 @@ def test_gimp_opens_the_layered_file_with_named_layers(client, tmp_path):
         layers[len(parts) + 1 :], body["persons"], strict=True
     ):
         assert (width, height) == tuple(person["bbox"][2:]), name
+
+
+@pytest.mark.parametrize(("name", "size"), [("cihp", 20), ("lip", 20), ("atr", 18), ("coarse", 7)])
+def test_legend_follows_the_label_set(client, name, size):
+    from m2fp.labelsets import LABEL_SETS
+
+    r = client.get(f"/api/v1/classes?labels={name}")
+    assert r.status_code == 200
+    classes = r.get_json()["classes"]
+    assert [c["id"] for c in classes] == list(range(size))
+    assert [c["key"] for c in classes] == list(LABEL_SETS[name].keys)
+    assert_error(client.get("/api/v1/classes?labels=voc"), 400)
+
+
+def test_every_output_follows_the_label_set(client):
+    from m2fp.labelsets import COARSE
+
+    cihp = _json(client, "&mask_format=png")
+    coarse = _json(client, "&mask_format=png&labels=coarse")
+    cihp_map, coarse_map = _label_map(cihp), _label_map(coarse)
+    np.testing.assert_array_equal(coarse_map, COARSE.remap(cihp_map))
+    for stat in coarse["classes"]:
+        assert (stat["key"], stat["name"]) == (COARSE.keys[stat["id"]], COARSE.names[stat["id"]])
+        assert stat["pixels"] == int((coarse_map == stat["id"]).sum())
+    for before, after in zip(cihp["persons"], coarse["persons"], strict=True):
+        assert after["part_areas"] == [
+            {"id": k, "key": COARSE.keys[k], "name": COARSE.names[k], "pixels": n}
+            for k, n in COARSE.remap_counts(
+                {a["id"]: a["pixels"] for a in before["part_areas"]}
+            ).items()
+            if k > 0
+        ]
+    skin = COARSE.cihp_ids([COARSE.class_id("skin")])
+    assert np.isin(cihp_map, skin).any(), "the tiny model finds legs"
+    r = client.post(
+        f"{PARSE}?output=matte&labels=coarse&classes=skin",
+        data=images.png(),
+        content_type="image/png",
+    )
+    np.testing.assert_array_equal(np.asarray(images.decode(r.data)) == 255, np.isin(cihp_map, skin))
+    for output in ("overlay", "cutout", "psd"):
+        r = client.post(
+            f"{PARSE}?output={output}&labels=atr", data=images.png(), content_type="image/png"
+        )
+        assert r.status_code == 200, output
