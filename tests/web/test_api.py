@@ -622,3 +622,23 @@ def test_every_output_follows_the_label_set(client):
             f"{PARSE}?output={output}&labels=atr", data=images.png(), content_type="image/png"
         )
         assert r.status_code == 200, output
+
+
+def test_byte_cap_413s_state_the_limit_as_the_docs_do(make_app):
+    from web.pages import size_label
+
+    app = make_app(max_upload_mb=0.05, rate_limit="1000 per minute")  # 52,428 bytes
+    client = app.test_client()
+    label = size_label(app.extensions["m2fp_settings"].max_upload_bytes)
+    assert label == "51 KB"
+    assert size_label(10 * 1024 * 1024) == "10 MB"  # the default, as docs/api.md says it
+    big = images.padded_png(60_000)
+    answers = [
+        client.post(PARSE, data=big, content_type="image/png"),
+        client.post(PARSE, **multipart(big)),
+        client.post(PARSE, json={"image": base64.b64encode(big).decode()}),
+        client.post(PARSE, **multipart(images.padded_png(200_000))),  # Content-Length refused
+        chunked(client, big, "image/png"),
+    ]
+    messages = {assert_error(r, 413)["message"] for r in answers}
+    assert messages == {"The image is larger than the upload limit of 51 KB."}
