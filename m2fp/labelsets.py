@@ -75,7 +75,8 @@ class LabelSet:
         ]
 
     def class_id(self, token: str) -> int:
-        """The id named by `token`: a decimal id or a key (case-insensitive, `-` as `_`).
+        """The id named by `token` (surrounding spaces ignored): a decimal id or a key, exactly
+        as `keys` spells it (lowercase snake_case: keys are identifiers, not display names).
 
         Raises:
             KeyError: no such id or key in this set.
@@ -85,9 +86,8 @@ class LabelSet:
             if int(token) < len(self):
                 return int(token)
             raise KeyError(token)
-        key = token.lower().replace("-", "_")
-        if key in self.keys:
-            return self.keys.index(key)
+        if token in self.keys:
+            return self.keys.index(token)
         raise KeyError(token)
 
     def remap(self, semantic: np.ndarray) -> np.ndarray:

@@ -58,6 +58,14 @@ def _query(name: str, description: str, schema: dict[str, Any]) -> dict[str, Any
     }
 
 
+def _classes_pattern() -> str:
+    """A comma-separated list of ids 0-19 and the keys of every label set (a key or id only
+    valid in another set than the request's `labels` is still refused, with a 400)."""
+    keys = sorted({key for labels in LABEL_SETS.values() for key in labels.keys})
+    item = "(1?[0-9]|" + "|".join(keys) + ")"
+    return f"^{item}(,{item})*$"
+
+
 def _parse_operation(max_bytes: int) -> dict[str, Any]:
     binary = {"type": "string", "contentMediaType": "application/octet-stream"}
     image_headers = {
@@ -136,10 +144,10 @@ def _parse_operation(max_bytes: int) -> dict[str, Any]:
             _query(
                 "classes",
                 "Comma-separated class ids (0-19) or stable keys (`hair`, `upper_clothes`,"
-                " `left_arm`, ... as `GET /api/v1/classes` lists them; case-insensitive):"
+                " `left_arm`, ... exactly as `GET /api/v1/classes` lists them):"
                 " the classes of a cutout (default 1-19), or the classes tinted in an overlay"
                 " (default all).",
-                {"type": "string", "pattern": "^[A-Za-z0-9_-]{1,20}(,[A-Za-z0-9_-]{1,20})*$"},
+                {"type": "string", "pattern": _classes_pattern()},
             ),
             _query(
                 "person",

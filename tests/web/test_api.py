@@ -436,7 +436,7 @@ def test_classes_by_key_and_by_id_give_the_same_cutout(client):
         f"{PARSE}?output=cutout&classes=2,5,14", data=images.png(), content_type="image/png"
     )
     by_key = client.post(
-        f"{PARSE}?output=cutout&classes=hair,Upper_Clothes,left-arm",
+        f"{PARSE}?output=cutout&classes=hair,upper_clothes, left_arm",
         data=images.png(),
         content_type="image/png",
     )
@@ -642,3 +642,26 @@ def test_byte_cap_413s_state_the_limit_as_the_docs_do(make_app):
     ]
     messages = {assert_error(r, 413)["message"] for r in answers}
     assert messages == {"The image is larger than the upload limit of 51 KB."}
+
+
+def test_classes_schema_pattern_matches_what_the_parser_takes(client):
+    import re
+
+    from m2fp.labelsets import CIHP, LABEL_SETS
+
+    operation = client.get("/api/v1/openapi.json").get_json()["paths"][PARSE]["post"]
+    (param,) = [p for p in operation["parameters"] if p["name"] == "classes"]
+    pattern = re.compile(param["schema"]["pattern"])
+    for name, labels in LABEL_SETS.items():
+        value = ",".join([*labels.keys, *map(str, range(len(labels)))])
+        assert pattern.fullmatch(value), name
+        r = client.post(
+            f"{PARSE}?output=matte&labels={name}&classes={value}",
+            data=images.png(),
+            content_type="image/png",
+        )
+        assert r.status_code == 200, r.get_data(as_text=True)
+    for refused in ("20", "hairs", "Hair", "left-arm", "", "1,,2"):
+        assert not pattern.fullmatch(refused), refused
+        with pytest.raises(KeyError):
+            [CIHP.class_id(token) for token in refused.split(",")]
