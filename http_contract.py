@@ -93,6 +93,26 @@ def json_body_allowance(max_bytes: int) -> int:
     return -(-max_bytes // 3) * 4 + FORM_OVERHEAD
 
 
+def upload_bytes_for_body(max_body_bytes: int) -> int:
+    """The image byte cap behind a body cap made by `json_body_allowance` (its inverse, to
+    within two bytes): what nginx, which only knows the body cap, states as the limit."""
+    return max(0, max_body_bytes - FORM_OVERHEAD) * 3 // 4
+
+
+def size_label(n_bytes: int) -> str:
+    """`10485760` → "10 MB", `1572864` → "1.5 MB": a cap as the docs and the page state it
+    (MB = 1024 × 1024 bytes)."""
+    mb = n_bytes / (1024 * 1024)
+    if mb >= 1:
+        return f"{mb:.1f}".removesuffix(".0") + " MB"
+    return f"{max(1, round(n_bytes / 1024))} KB"
+
+
+def upload_limit_message(max_upload_bytes: int) -> str:
+    """The one message of a 413 for too many bytes, from the app or from nginx."""
+    return f"The image is larger than the upload limit of {size_label(max_upload_bytes)}."
+
+
 # -- security headers ---------------------------------------------------------------------------
 
 # HTML pages: their own scripts and styles only (no inline code, no third-party origins: the
@@ -146,4 +166,7 @@ __all__ = [
     "generic_error",
     "json_body_allowance",
     "permissions_policy",
+    "size_label",
+    "upload_bytes_for_body",
+    "upload_limit_message",
 ]

@@ -66,5 +66,59 @@ def color_hex(class_id: int) -> str:
 
 
 def class_table() -> list[dict]:
-    """The legend: `[{"id": 0, "name": "Background", "color": "#000000"}, ...]` for ids 0..19."""
-    return [{"id": i, "name": name, "color": color_hex(i)} for i, name in enumerate(CLASS_NAMES)]
+    """The legend: `[{"id": 0, "key": "background", "name": "Background", "color": "#000000"},
+    ...]` for ids 0..19."""
+    return [
+        {"id": i, "key": CLASS_KEYS[i], "name": name, "color": color_hex(i)}
+        for i, name in enumerate(CLASS_NAMES)
+    ]
+
+
+# Stable snake_case keys of the CIHP classes, by id: what `classes=` accepts besides ids and
+# what the JSON carries beside the display name. Keys never change; display names may.
+CLASS_KEYS: tuple[str, ...] = (
+    "background", "hat", "hair", "gloves", "sunglasses", "upper_clothes", "dress", "coat",
+    "socks", "pants", "torso_skin", "scarf", "skirt", "face", "left_arm", "right_arm",
+    "left_leg", "right_leg", "left_shoe", "right_shoe",
+)  # fmt: skip
+
+# Other label sets the semantic map can be remapped to (m2fp/labelsets.py). Each is its
+# classes as (key, display name) by id, and the set id of each CIHP id 0..19.
+# LIP: CIHP's 20 ids except 10, which is LIP's Jumpsuits; LIP has no torso skin, so CIHP's
+# Torso-skin becomes Background and Jumpsuits is never produced.
+LIP_CLASSES: tuple[tuple[str, str], ...] = (
+    ("background", "Background"), ("hat", "Hat"), ("hair", "Hair"), ("glove", "Glove"),
+    ("sunglasses", "Sunglasses"), ("upper_clothes", "Upper-clothes"), ("dress", "Dress"),
+    ("coat", "Coat"), ("socks", "Socks"), ("pants", "Pants"), ("jumpsuits", "Jumpsuits"),
+    ("scarf", "Scarf"), ("skirt", "Skirt"), ("face", "Face"), ("left_arm", "Left-arm"),
+    ("right_arm", "Right-arm"), ("left_leg", "Left-leg"), ("right_leg", "Right-leg"),
+    ("left_shoe", "Left-shoe"), ("right_shoe", "Right-shoe"),
+)  # fmt: skip
+LIP_FROM_CIHP: tuple[int, ...] = (
+    0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 0, 11, 12, 13, 14, 15, 16, 17, 18, 19,
+)  # fmt: skip
+# ATR (18 classes, the set of the try-on pipelines' clothes parsers). Gloves, socks and torso
+# skin have no ATR class and become Background; Coat is Upper-clothes. Belt and Bag are
+# never produced (CIHP has neither).
+ATR_CLASSES: tuple[tuple[str, str], ...] = (
+    ("background", "Background"), ("hat", "Hat"), ("hair", "Hair"),
+    ("sunglasses", "Sunglasses"), ("upper_clothes", "Upper-clothes"), ("skirt", "Skirt"),
+    ("pants", "Pants"), ("dress", "Dress"), ("belt", "Belt"), ("left_shoe", "Left-shoe"),
+    ("right_shoe", "Right-shoe"), ("face", "Face"), ("left_leg", "Left-leg"),
+    ("right_leg", "Right-leg"), ("left_arm", "Left-arm"), ("right_arm", "Right-arm"),
+    ("bag", "Bag"), ("scarf", "Scarf"),
+)  # fmt: skip
+ATR_FROM_CIHP: tuple[int, ...] = (
+    0, 1, 2, 0, 3, 4, 7, 4, 0, 6, 0, 17, 5, 11, 14, 15, 12, 13, 9, 10,
+)  # fmt: skip
+# Coarse (7 classes): skin is face, arms, legs and torso skin; a dress counts as upper
+# clothes (it hangs from the shoulders); socks go with the shoes; hat, gloves, sunglasses
+# and scarf are accessories.
+COARSE_CLASSES: tuple[tuple[str, str], ...] = (
+    ("background", "Background"), ("skin", "Skin"), ("hair", "Hair"),
+    ("upper_clothes", "Upper clothes"), ("lower_clothes", "Lower clothes"), ("shoes", "Shoes"),
+    ("accessories", "Accessories"),
+)  # fmt: skip
+COARSE_FROM_CIHP: tuple[int, ...] = (
+    0, 6, 2, 6, 6, 3, 3, 3, 5, 4, 1, 6, 4, 1, 1, 1, 1, 1, 5, 5,
+)  # fmt: skip

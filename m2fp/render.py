@@ -19,26 +19,28 @@ import numpy as np
 import pycocotools.mask as coco_mask
 from PIL import Image
 
-from m2fp.labels import CLASS_NAMES, NUM_CLASSES, PALETTE, color_hex
+from m2fp.labelsets import CIHP, LabelSet
 from m2fp.png import encode_png
 
 WEBP_OPTIONS = {"lossless": True, "method": 0, "quality": 0, "exact": True}
 IMAGE_FORMATS = ("png", "webp")
 
 
-def _check_semantic(semantic: np.ndarray) -> np.ndarray:
-    """Validate a label map and return it as uint8 (no copy when it already is)."""
+def _check_semantic(semantic: np.ndarray, labels: LabelSet = CIHP) -> np.ndarray:
+    """Validate a label map of `labels` ids and return it as uint8 (no copy when it already
+    is)."""
+    n = len(labels)
     sem = np.asarray(semantic)
     if sem.ndim != 2 or sem.size == 0:
         raise ValueError(f"semantic must be a non-empty (H, W) array, got shape {sem.shape}")
     if sem.dtype == np.uint8:
-        if sem.max() >= NUM_CLASSES:
-            raise ValueError(f"semantic holds class ids >= {NUM_CLASSES}")
+        if sem.max() >= n:
+            raise ValueError(f"semantic holds class ids >= {n}")
         return sem
     if not np.issubdtype(sem.dtype, np.integer):
         raise ValueError(f"semantic must hold integer class ids, got dtype {sem.dtype}")
-    if sem.min() < 0 or sem.max() >= NUM_CLASSES:
-        raise ValueError(f"semantic class ids must be in 0..{NUM_CLASSES - 1}")
+    if sem.min() < 0 or sem.max() >= n:
+        raise ValueError(f"semantic class ids must be in 0..{n - 1}")
     return sem.astype(np.uint8)
 
 
@@ -58,47 +60,51 @@ def _check_mask(mask: np.ndarray) -> np.ndarray:
     return m.astype(bool, copy=False)
 
 
-def _class_selection(classes: Iterable[int] | None) -> np.ndarray:
-    """(NUM_CLASSES,) bool: True for the chosen class ids (all when `classes` is None).
+def _class_selection(classes: Iterable[int] | None, labels: LabelSet = CIHP) -> np.ndarray:
+    """(len(labels),) bool: True for the chosen class ids (all when `classes` is None).
 
     Raises:
-        ValueError: an id outside 0..NUM_CLASSES-1 or not an integer.
+        ValueError: an id outside the set or not an integer.
     """
-    chosen = np.zeros(NUM_CLASSES, dtype=bool)
+    n = len(labels)
+    chosen = np.zeros(n, dtype=bool)
     if classes is None:
         chosen[:] = True
         return chosen
     for c in classes:
         if isinstance(c, bool) or not isinstance(c, int | np.integer):
             raise ValueError(f"class ids must be integers, got {c!r}")
-        if not 0 <= c < NUM_CLASSES:
-            raise ValueError(f"class id {c} is outside 0..{NUM_CLASSES - 1}")
+        if not 0 <= c < n:
+            raise ValueError(f"class id {c} is outside 0..{n - 1}")
         chosen[c] = True
     return chosen
 
 
-def colorize(semantic: np.ndarray, *, classes: Iterable[int] | None = None) -> np.ndarray:
-    """Paint each pixel with its class colour from `PALETTE`.
+def colorize(
+    semantic: np.ndarray, *, classes: Iterable[int] | None = None, labels: LabelSet = CIHP
+) -> np.ndarray:
+    """Paint each pixel with its class colour from the label set's palette.
 
     Args:
-        semantic: (H, W) integer class ids 0..19.
+        semantic: (H, W) integer class ids of `labels` (0..19 for CIHP).
         classes: only these ids are painted; the others (and always Background) are black.
+        labels: the label set the ids belong to.
 
     Returns:
         (H, W, 3) uint8 RGB.
     """
-    sem = _check_semantic(semantic)
-    lut = PALETTE.copy()
-    lut[~_class_selection(classes)] = 0
+    sem = _check_semantic(semantic, labels)
+    lut = labels.palette.copy()
+    lut[~_class_selection(classes, labels)] = 0
     return lut[sem]
 
 
-def _blend_table(alpha: float, tinted: np.ndarray) -> np.ndarray:
-    """(3, NUM_CLASSES * 256) uint8: for channel c, class k and intensity v, at k*256+v, the
-    blended value round((1-alpha)*v + alpha*PALETTE[k, c]); untinted classes map v to v."""
+def _blend_table(alpha: float, tinted: np.ndarray, palette: np.ndarray) -> np.ndarray:
+    """(3, classes * 256) uint8: for channel c, class k and intensity v, at k*256+v, the
+    blended value round((1-alpha)*v + alpha*palette[k, c]); untinted classes map v to v."""
     v = np.arange(256, dtype=np.float64)
     # (classes, intensity, channel)
-    table = np.rint(v[None, :, None] * (1.0 - alpha) + PALETTE[:, None, :] * alpha)
+    table = np.rint(v[None, :, None] * (1.0 - alpha) + palette[:, None, :] * alpha)
     table[~tinted] = v[None, :, None]
     return np.ascontiguousarray(table.astype(np.uint8).transpose(2, 0, 1)).reshape(3, -1)
 
@@ -109,6 +115,7 @@ def overlay(
     *,
     alpha: float = 0.6,
     classes: Iterable[int] | None = None,
+    labels: LabelSet = CIHP,
 ) -> np.ndarray:
     """Alpha-blend the class colours over the image.
 
@@ -121,18 +128,19 @@ def overlay(
         semantic: (H, W) class ids 0..19.
         alpha: colour opacity, 0 (image only) to 1 (colours only).
         classes: tint only these class ids (all by default).
+        labels: the label set of `semantic` and `classes` (its palette colours them).
 
     Returns:
         (H, W, 3) uint8 RGB, a new array.
     """
-    sem = _check_semantic(semantic)
+    sem = _check_semantic(semantic, labels)
     img = _check_image(image, sem.shape)
     alpha = float(alpha)
     if not 0.0 <= alpha <= 1.0:
         raise ValueError(f"alpha must be between 0 and 1, got {alpha}")
-    tinted = _class_selection(classes)
+    tinted = _class_selection(classes, labels)
     tinted[0] = False
-    table = _blend_table(alpha, tinted)
+    table = _blend_table(alpha, tinted, labels.palette)
     # Row of each pixel's class in the table; + intensity gives the flat index.
     base = sem.astype(np.uint16) << 8
     out = np.empty_like(img)
@@ -141,7 +149,14 @@ def overlay(
     return out
 
 
-def cutout(image: np.ndarray, semantic: np.ndarray, classes: Iterable[int]) -> np.ndarray:
+def cutout(
+    image: np.ndarray,
+    semantic: np.ndarray,
+    classes: Iterable[int],
+    *,
+    labels: LabelSet = CIHP,
+    within: np.ndarray | None = None,
+) -> np.ndarray:
     """The image where the class is one of `classes`, transparent elsewhere.
 
     Transparent pixels are (0, 0, 0, 0): nothing of the hidden image survives in them.
@@ -150,20 +165,49 @@ def cutout(image: np.ndarray, semantic: np.ndarray, classes: Iterable[int]) -> n
         image: (H, W, 3) uint8 RGB.
         semantic: (H, W) class ids 0..19.
         classes: the class ids to keep (at least one; 0 keeps the background).
+        labels: the label set of `semantic` and `classes`.
+        within: (H, W) bool, e.g. one person's mask: keep only pixels inside it too.
 
     Returns:
         (H, W, 4) uint8 RGBA.
     """
-    sem = _check_semantic(semantic)
-    img = _check_image(image, sem.shape)
-    classes = list(classes)
-    if not classes:
-        raise ValueError("cutout needs at least one class id")
-    keep = _class_selection(classes)[sem]
-    out = np.zeros((*sem.shape, 4), dtype=np.uint8)
+    keep = matte(semantic, classes, labels=labels, within=within) > 0
+    img = _check_image(image, keep.shape)
+    out = np.zeros((*keep.shape, 4), dtype=np.uint8)
     out[keep, :3] = img[keep]
     out[keep, 3] = 255
     return out
+
+
+def matte(
+    semantic: np.ndarray,
+    classes: Iterable[int],
+    *,
+    labels: LabelSet = CIHP,
+    within: np.ndarray | None = None,
+) -> np.ndarray:
+    """The alpha matte of chosen classes (and, with `within`, of one region such as a person).
+
+    Args:
+        semantic: (H, W) class ids of `labels`.
+        classes: the class ids to keep (at least one; 0 keeps the background).
+        labels: the label set of `semantic` and `classes`.
+        within: (H, W) bool: keep only pixels inside it too.
+
+    Returns:
+        (H, W) uint8: 255 where kept, 0 elsewhere (a hard matte: one class per pixel).
+    """
+    sem = _check_semantic(semantic, labels)
+    classes = list(classes)
+    if not classes:
+        raise ValueError("a matte needs at least one class id")
+    keep = _class_selection(classes, labels)[sem]
+    if within is not None:
+        region = _check_mask(within)
+        if region.shape != sem.shape:
+            raise ValueError(f"within is {region.shape} but the label map is {sem.shape}")
+        keep &= region
+    return keep.view(np.uint8) * np.uint8(255)
 
 
 def _save(image: Image.Image, fmt: str) -> bytes:
@@ -199,20 +243,21 @@ def encode_image(array: np.ndarray, fmt: str = "png") -> bytes:
     return _save(Image.fromarray(np.ascontiguousarray(arr)), fmt)
 
 
-def label_map_png(semantic: np.ndarray, *, palette: bool = False) -> bytes:
+def label_map_png(semantic: np.ndarray, *, palette: bool = False, labels: LabelSet = CIHP) -> bytes:
     """PNG whose pixel values are the class ids.
 
     Args:
-        semantic: (H, W) class ids 0..19.
+        semantic: (H, W) class ids of `labels` (0..19 for CIHP).
         palette: False: 8-bit greyscale (mode L), the form programs read (and that looks
-            almost black in a viewer); True: 8-bit palette (mode P) carrying `PALETTE`, so a
-            viewer shows the class colours while the stored values are still the ids.
+            almost black in a viewer); True: 8-bit palette (mode P) carrying the set's
+            palette, so a viewer shows the class colours while the stored values are the ids.
+        labels: the label set of `semantic`.
 
     Returns:
         PNG bytes; decoding gives back exactly `semantic`.
     """
-    sem = _check_semantic(semantic)
-    return encode_png(sem, palette=PALETTE if palette else None)
+    sem = _check_semantic(semantic, labels)
+    return encode_png(sem, palette=labels.palette if palette else None)
 
 
 def mask_png(mask: np.ndarray) -> bytes:
@@ -233,21 +278,22 @@ def mask_rle(mask: np.ndarray) -> dict:
     return {"size": [int(h), int(w)], "counts": rle["counts"].decode("ascii")}
 
 
-def class_stats(semantic: np.ndarray) -> list[dict]:
+def class_stats(semantic: np.ndarray, *, labels: LabelSet = CIHP) -> list[dict]:
     """Pixel count and fraction of each class present, by id.
 
     Returns:
-        [{"id", "name", "color" ("#rrggbb"), "pixels", "fraction"}] for the ids that occur
-        (Background included), sorted by id; pixels sum to H*W.
+        [{"id", "key", "name", "color" ("#rrggbb"), "pixels", "fraction"}] for the ids of
+        `labels` that occur (Background included), sorted by id; pixels sum to H*W.
     """
-    sem = _check_semantic(semantic)
-    counts = np.bincount(sem.ravel(), minlength=NUM_CLASSES)
+    sem = _check_semantic(semantic, labels)
+    counts = np.bincount(sem.ravel(), minlength=len(labels))
     total = sem.size
     return [
         {
             "id": int(k),
-            "name": CLASS_NAMES[k],
-            "color": color_hex(int(k)),
+            "key": labels.keys[k],
+            "name": labels.names[k],
+            "color": labels.color_hex(int(k)),
             "pixels": int(counts[k]),
             "fraction": float(counts[k]) / total,
         }

@@ -29,6 +29,8 @@ from http_contract import (
     generic_error,
     json_body_allowance,
     permissions_policy,
+    upload_bytes_for_body,
+    upload_limit_message,
 )
 
 REPO = Path(__file__).resolve().parents[1]
@@ -282,7 +284,8 @@ def error_body(kind: ErrorKind, message: str | None = None) -> str:
 def _error_location(status: int, hsts: str, max_body_bytes: int) -> str:
     kind = _edge_error(status)
     # the cap, in the words of the app's own 413 for a body over it (web/inputs.py)
-    message = f"The request body is larger than {max_body_bytes} bytes." if status == 413 else None
+    limit = upload_limit_message(upload_bytes_for_body(max_body_bytes))
+    message = limit if status == 413 else None
     body = [
         "types { }  # the type must not follow the extension of the URI that failed",
         "default_type application/json;",

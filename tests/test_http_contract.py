@@ -23,6 +23,8 @@ from http_contract import (
     generic_error,
     json_body_allowance,
     permissions_policy,
+    upload_bytes_for_body,
+    upload_limit_message,
 )
 from nginx.render import EDGE_ERRORS, NginxOptions, RenderError, error_body, render
 from security.headers import security_headers
@@ -143,7 +145,7 @@ def test_docs_error_table_is_the_list():
 
 
 def test_nginx_error_pages_are_the_list(tmp_path):
-    conf = nginx_conf(tmp_path, max_body_bytes=12345)
+    conf = nginx_conf(tmp_path, max_body_bytes=json_body_allowance(10 * 1024 * 1024))
     locations = error_locations(conf)
     for status, also in EDGE_ERRORS:
         kind = generic_error(status)
@@ -153,7 +155,8 @@ def test_nginx_error_pages_are_the_list(tmp_path):
         block = locations[kind.code]
         body = re.search(rf"return {status} '(.*)';", block).group(1)
         sent = json.loads(body.replace("$request_id", "6f1c2d4e"))
-        message = kind.message if status != 413 else "The request body is larger than 12345 bytes."
+        limit = "The image is larger than the upload limit of 10 MB."  # docs/api.md's words
+        message = kind.message if status != 413 else limit
         assert sent == {"error": {"code": kind.code, "message": message, "request_id": "6f1c2d4e"}}
         retry = added_headers(block).get("Retry-After")
         assert retry == (None if kind.retry_after is None else str(kind.retry_after))
@@ -178,6 +181,15 @@ def test_nginx_and_the_app_send_the_same_413_for_a_body_over_the_cap(make_app, t
         nginx_413.group(1).replace("$request_id", over.get_json()["error"]["request_id"])
     )
     assert sent == over.get_json()
+
+
+@pytest.mark.parametrize("max_bytes", [1, 51_200, 1_572_864, 10 * 1024 * 1024, 39_321_600])
+def test_nginx_states_the_image_cap_behind_its_body_cap(max_bytes):
+    """nginx knows only its body cap; the image cap it names in its 413 is the one the app
+    was configured with, to within two bytes, and reads the same."""
+    recovered = upload_bytes_for_body(json_body_allowance(max_bytes))
+    assert max_bytes <= recovered <= max_bytes + 2
+    assert upload_limit_message(recovered) == upload_limit_message(max_bytes)
 
 
 # -- body cap -----------------------------------------------------------------------------------

@@ -11,12 +11,13 @@ from typing import Any
 
 from flask import Blueprint, Response, current_app, jsonify, request
 
-from m2fp import render
+from m2fp import layers, render
 from m2fp.export import result_to_json
-from m2fp.labels import class_table
+from m2fp.labelsets import LABEL_SETS
+from security.errors import BadRequest
 from web.inputs import read_upload
 from web.openapi import openapi_document
-from web.options import ParseOptions, parse_options
+from web.options import ParseOptions, legend_labels, parse_options
 from web.request_record import current_record
 from web.service import ParseService
 
@@ -35,7 +36,7 @@ def parse() -> Response:
     upload = read_upload(request, max_bytes=service.policy.max_bytes)
     record.bytes_in = len(upload.data)
     started = time.perf_counter()
-    decoded = service.decode(upload, record.identity)
+    decoded = service.decode(upload, record.identity, full_size=options.size == "original")
     record.image_size = decoded.original_size
     decoded_at = time.perf_counter()
     result, queued = service.infer(decoded.pixels)
@@ -65,6 +66,7 @@ def parse() -> Response:
 
 def _render(result: Any, pixels: Any, options: ParseOptions) -> Any:
     """JSON document (dict) or encoded image (bytes) for `options`."""
+    labels = options.labels
     if options.output == "json":
         return result_to_json(
             result,
@@ -73,14 +75,35 @@ def _render(result: Any, pixels: Any, options: ParseOptions) -> Any:
             mask_format=options.mask_format,
             include_overlay=options.include_overlay,
             alpha=options.alpha,
+            labels=labels,
         )
-    if options.output == "cutout":
-        image = render.cutout(pixels, result.semantic, options.classes or ())
+    semantic = labels.remap(result.semantic)
+    if options.output == "psd":
+        stack = layers.layer_stack(
+            pixels, semantic, [p.mask for p in result.persons], labels=labels
+        )
+        return layers.layered_psd(stack, width=result.width, height=result.height)
+    within = _person_mask(result, options.person)
+    if options.output == "matte":
+        image = render.matte(semantic, options.classes or (), labels=labels, within=within)
+    elif options.output == "cutout":
+        image = render.cutout(pixels, semantic, options.classes or (), labels=labels, within=within)
     else:
         image = render.overlay(
-            pixels, result.semantic, alpha=options.alpha, classes=options.classes
+            pixels, semantic, alpha=options.alpha, classes=options.classes, labels=labels
         )
     return render.encode_image(image, options.format)
+
+
+def _person_mask(result: Any, person: int | None) -> Any:
+    """Person `person`'s mask, None for everyone; 400 when the image has no such person."""
+    if person is None:
+        return None
+    if person > len(result.persons):
+        raise BadRequest(
+            f"person={person}, but {len(result.persons)} persons were found in this image."
+        )
+    return result.persons[person - 1].mask
 
 
 def _ms(seconds: dict[str, float]) -> dict[str, float]:
@@ -89,7 +112,8 @@ def _ms(seconds: dict[str, float]) -> dict[str, float]:
 
 @bp.get("/classes")
 def classes() -> Response:
-    return jsonify({"classes": class_table()})
+    labels = LABEL_SETS[legend_labels(request.args.to_dict(flat=False))]
+    return jsonify({"classes": labels.table()})
 
 
 @bp.get("/openapi.json")

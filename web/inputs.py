@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from flask import Request
 from werkzeug.exceptions import RequestEntityTooLarge
 
+from http_contract import upload_limit_message
 from security.errors import BadRequest, PayloadTooLarge, UnsupportedMediaType
 from web.context import FORM_OVERHEAD, MAX_FORM_FIELD_BYTES, MAX_FORM_PARTS, json_body_allowance
 
@@ -55,13 +56,14 @@ def read_upload(request: Request, *, max_bytes: int) -> Upload:
     """
     mimetype = request.mimetype
     if mimetype == "multipart/form-data":
-        _read_body(request, max_bytes + FORM_OVERHEAD)  # the parser then reads the cached body
+        _read_body(request, max_bytes + FORM_OVERHEAD, max_bytes)  # parsed from the cache next
         upload = _from_multipart(request)
     elif mimetype == "application/json":
-        upload = _from_json(_read_body(request, json_body_allowance(max_bytes)), max_bytes)
+        body = _read_body(request, json_body_allowance(max_bytes), max_bytes)
+        upload = _from_json(body, max_bytes)
     elif mimetype in RAW_TYPES or mimetype.startswith("image/"):
         declared = None if mimetype == "application/octet-stream" else mimetype
-        upload = Upload(_read_body(request, max_bytes), declared, None)
+        upload = Upload(_read_body(request, max_bytes, max_bytes), declared, None)
     elif not mimetype:
         raise BadRequest("The request has no Content-Type. " + _USAGE)
     else:
@@ -69,21 +71,31 @@ def read_upload(request: Request, *, max_bytes: int) -> Upload:
     if not upload.data:
         raise BadRequest("The image is empty.")
     if len(upload.data) > max_bytes:
-        raise PayloadTooLarge(f"The image is larger than {max_bytes} bytes.")
+        raise too_large(max_bytes)
     return upload
 
 
-def _read_body(request: Request, allowance: int) -> bytes:
-    """The whole body, at most `allowance` bytes, else 413.
+def too_large(max_bytes: int) -> PayloadTooLarge:
+    """The one 413 of the byte cap, whatever form the image came in: the limit in the units
+    the docs and the page use ("10 MB")."""
+    return PayloadTooLarge(upload_limit_message(max_bytes))
+
+
+def _read_body(request: Request, allowance: int, max_bytes: int) -> bytes:
+    """The whole body, at most `allowance` bytes (the form's room for `max_bytes` of image),
+    else 413.
 
     A Content-Length over the limit is refused by werkzeug before reading. A chunked body
     has none, and werkzeug then silently stops at the limit: the image would arrive cut (a
     422, and a ban strike, for an honest client). Reading one byte more tells the two apart.
     """
     request.max_content_length = allowance + 1
-    body = request.get_data(cache=True)
+    try:
+        body = request.get_data(cache=True)
+    except RequestEntityTooLarge:  # a Content-Length over the allowance
+        raise too_large(max_bytes) from None
     if len(body) > allowance:
-        raise PayloadTooLarge(f"The request body is larger than {allowance} bytes.")
+        raise too_large(max_bytes)
     return body
 
 
@@ -162,7 +174,7 @@ def _from_json(raw: bytes, max_bytes: int) -> Upload:
     elif text.startswith("data:"):
         raise BadRequest("Only base64 data URLs are accepted (data:image/png;base64,...).")
     if len(text) // 4 * 3 > max_bytes + 3:
-        raise PayloadTooLarge(f"The image is larger than {max_bytes} bytes.")
+        raise too_large(max_bytes)
     text = text.translate(_B64_TABLE)
     text += "=" * (-len(text) % 4)
     try:

@@ -11,7 +11,8 @@ from typing import Any
 from flask import Flask
 
 from http_contract import ERRORS
-from web.options import DEFAULT_ALPHA, IMAGE_FORMATS, MASK_FORMATS, OUTPUTS
+from m2fp.labelsets import LABEL_SETS
+from web.options import DEFAULT_ALPHA, IMAGE_FORMATS, MASK_FORMATS, OUTPUTS, PSD_MEDIA_TYPE, SIZES
 
 # What each error status of a parse means; the codes of each come from the one error list.
 ERROR_STATUSES = {
@@ -64,6 +65,14 @@ def _query(name: str, description: str, schema: dict[str, Any]) -> dict[str, Any
     }
 
 
+def _classes_pattern() -> str:
+    """A comma-separated list of ids 0-19 and the keys of every label set (a key or id only
+    valid in another set than the request's `labels` is still refused, with a 400)."""
+    keys = sorted({key for labels in LABEL_SETS.values() for key in labels.keys})
+    item = "(1?[0-9]|" + "|".join(keys) + ")"
+    return f"^{item}(,{item})*$"
+
+
 def _parse_operation(max_bytes: int) -> dict[str, Any]:
     binary = {"type": "string", "contentMediaType": "application/octet-stream"}
     image_headers = {
@@ -80,12 +89,14 @@ def _parse_operation(max_bytes: int) -> dict[str, Any]:
     }
     responses: dict[str, Any] = {
         "200": {
-            "description": "The parse: a JSON document, or an overlay or cutout image.",
+            "description": "The parse: a JSON document, an overlay, cutout or matte image, or"
+            " a layered Photoshop file.",
             "headers": image_headers,
             "content": {
                 "application/json": {"schema": _ref("ParseResult")},
                 "image/png": {"schema": binary},
                 "image/webp": {"schema": binary},
+                PSD_MEDIA_TYPE: {"schema": binary},
             },
         }
     }
@@ -98,20 +109,23 @@ def _parse_operation(max_bytes: int) -> dict[str, Any]:
             "Finds every person and labels each pixel with one of 20 classes. Without `output`"
             " the Accept header decides: `image/png` (or `image/webp`) before JSON gives an"
             " overlay, anything else JSON. Results are at the size of the working copy (longest"
-            f" side at most M2FP_MAX_SIDE). At most {max_bytes} bytes of image. Rate limited"
-            " per client address or per API key."
+            " side at most M2FP_MAX_SIDE), or at the photo's own size with `size=original`."
+            f" At most {max_bytes} bytes of image. Rate limited per client address or per API"
+            " key."
         ),
         "security": [{}, {"bearer": []}, {"apiKey": []}],
         "parameters": [
             _query(
                 "output",
-                "overlay (colour overlay image), json, or cutout (transparent image of"
-                " `classes`). Default from the Accept header.",
+                "overlay (colour overlay image), json, cutout (transparent image of"
+                " `classes` and/or `person`), matte (single-channel alpha matte, 255 inside,"
+                " of `classes` and/or `person`), or psd (layered Photoshop file: the photo,"
+                " one layer per part, one per person). Default from the Accept header.",
                 {"type": "string", "enum": list(OUTPUTS)},
             ),
             _query(
                 "format",
-                "Image format of overlay and cutout (WebP is lossless).",
+                "Image format of overlay, cutout and matte (WebP is lossless).",
                 {"type": "string", "enum": list(IMAGE_FORMATS), "default": "png"},
             ),
             _query(
@@ -145,9 +159,31 @@ def _parse_operation(max_bytes: int) -> dict[str, Any]:
             ),
             _query(
                 "classes",
-                "Comma-separated class ids (0-19): the classes of a cutout (default 1-19), or"
-                " the classes tinted in an overlay (default all).",
-                {"type": "string", "pattern": "^[0-9]{1,2}(,[0-9]{1,2})*$"},
+                "Comma-separated class ids (0-19) or stable keys (`hair`, `upper_clothes`,"
+                " `left_arm`, ... exactly as `GET /api/v1/classes` lists them):"
+                " the classes of a cutout (default 1-19), or the classes tinted in an overlay"
+                " (default all).",
+                {"type": "string", "pattern": _classes_pattern()},
+            ),
+            _query(
+                "person",
+                "Only this person (1..N, as `persons[].id`) in a cutout or matte; without"
+                " `classes`, the person's whole mask. A person the image does not have is a"
+                " 400.",
+                {"type": "integer", "minimum": 1, "maximum": 10000},
+            ),
+            _query(
+                "size",
+                "working: results at the working copy's size; original: at the photo's own"
+                " size (after EXIF orientation), every mask and the label map from the class"
+                " probabilities resized to it.",
+                {"type": "string", "enum": list(SIZES), "default": "working"},
+            ),
+            _query(
+                "labels",
+                "The label set of ids, keys, names, colours and the label map: the model's"
+                " 20 CIHP classes, LIP (20), ATR (18) or coarse (7); `classes` refers to it.",
+                {"type": "string", "enum": list(LABEL_SETS), "default": "cihp"},
             ),
         ],
         "requestBody": {
@@ -218,10 +254,15 @@ def _schemas() -> dict[str, Any]:
         },
         "Class": {
             "type": "object",
-            "required": ["id", "name", "color"],
+            "required": ["id", "key", "name", "color"],
             "properties": {
                 "id": {"type": "integer", "minimum": 0, "maximum": 19},
-                "name": {"type": "string"},
+                "key": {
+                    "type": "string",
+                    "pattern": "^[a-z][a-z_]*$",
+                    "description": "Stable snake_case key (accepted by `classes=`).",
+                },
+                "name": {"type": "string", "description": "Display name."},
                 "color": {"type": "string", "pattern": "^#[0-9a-f]{6}$"},
             },
         },
@@ -269,11 +310,32 @@ def _schemas() -> dict[str, Any]:
                     "description": "x, y, width, height (COCO).",
                 },
                 "area": {"type": "integer", "description": "Pixels of the person's mask."},
-                "parts": {"type": "array", "items": integer},
+                "parts": {
+                    "type": "array",
+                    "items": integer,
+                    "description": "Class ids present in the person, ascending.",
+                },
                 "part_pixels": {
                     "type": "object",
-                    "description": "Class id (as a string) → pixels of that class in the person.",
+                    "description": "Class id (as a string: a JSON object key) → pixels of"
+                    " that class in the person. Kept for v1; `part_areas` carries the same"
+                    " counts with integer ids, keys and names.",
                     "additionalProperties": integer,
+                },
+                "part_areas": {
+                    "type": "array",
+                    "description": "The person's classes by id: id (integer, as in `parts`),"
+                    " key, display name and pixels.",
+                    "items": {
+                        "type": "object",
+                        "required": ["id", "key", "name", "pixels"],
+                        "properties": {
+                            "id": integer,
+                            "key": {"type": "string"},
+                            "name": {"type": "string"},
+                            "pixels": integer,
+                        },
+                    },
                 },
                 "mask": _ref("Mask"),
             },
@@ -358,10 +420,17 @@ def openapi_document(app: Flask) -> dict[str, Any]:
             "/api/v1/classes": {
                 "get": {
                     "operationId": "classes",
-                    "summary": "Class ids, names and palette colours (the legend).",
+                    "summary": "Class ids, keys, names and palette colours (the legend).",
+                    "parameters": [
+                        _query(
+                            "labels",
+                            "The label set to list (as `labels` of the parse).",
+                            {"type": "string", "enum": list(LABEL_SETS), "default": "cihp"},
+                        )
+                    ],
                     "responses": {
                         "200": _json_response(
-                            "The 20 classes.",
+                            "The classes of the label set (20 for CIHP).",
                             {
                                 "type": "object",
                                 "required": ["classes"],

@@ -9,10 +9,12 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
-from m2fp.labels import NUM_CLASSES
+from m2fp.labelsets import CIHP, LABEL_SETS, LabelSet
 from security.errors import BadRequest
 
-OUTPUTS = ("overlay", "json", "cutout")
+OUTPUTS = ("overlay", "json", "cutout", "matte", "psd")
+SIZES = ("working", "original")
+PSD_MEDIA_TYPE = "image/vnd.adobe.photoshop"
 IMAGE_FORMATS = ("png", "webp")
 MASK_FORMATS = ("rle", "png")
 PARAMETERS = (
@@ -24,6 +26,9 @@ PARAMETERS = (
     "mask_format",
     "include_overlay",
     "classes",
+    "person",
+    "size",
+    "labels",
 )
 DEFAULT_ALPHA = 0.6
 _TRUE = ("true", "1", "yes")
@@ -32,17 +37,24 @@ _FALSE = ("false", "0", "no")
 
 @dataclass(frozen=True)
 class ParseOptions:
-    output: str = "json"  # overlay | json | cutout
-    format: str = "png"  # png | webp, for overlay and cutout
+    output: str = "json"  # overlay | json | cutout | matte | psd
+    format: str = "png"  # png | webp, for overlay, cutout and matte
     alpha: float = DEFAULT_ALPHA
     person_masks: bool = True  # each person's mask in the JSON
     mask_format: str = "rle"
     include_overlay: bool = False
-    classes: tuple[int, ...] | None = None  # None: every class (overlay), all parts (cutout)
+    # ids of `labels`; None: every class (overlay). A cutout or matte always has its classes:
+    # all parts by default, every class (the whole person's mask) with `person`.
+    classes: tuple[int, ...] | None = None
+    person: int | None = None  # 1..N: only this person (cutout, matte)
+    size: str = "working"  # working | original: the size every output is at
+    labels: LabelSet = CIHP  # the label set of ids, keys, names, colours and the label map
 
     @property
     def media_type(self) -> str:
-        return "application/json" if self.output == "json" else f"image/{self.format}"
+        if self.output == "json":
+            return "application/json"
+        return PSD_MEDIA_TYPE if self.output == "psd" else f"image/{self.format}"
 
 
 def negotiate(accept: Iterable[tuple[str, float]]) -> tuple[str, str]:
@@ -87,9 +99,14 @@ def parse_options(
     if "person_masks" in values and "instances" in values:
         raise BadRequest("Give person_masks or its former name instances, not both.")
     masks_name = "instances" if "instances" in values else "person_masks"
-    classes = _classes(values["classes"]) if "classes" in values else None
-    if output == "cutout" and classes is None:
-        classes = tuple(range(1, NUM_CLASSES))  # every part of every person
+    labels = LABEL_SETS[_choice("labels", values.get("labels", "cihp"), tuple(LABEL_SETS))]
+    classes = _classes(values["classes"], labels) if "classes" in values else None
+    person = _person(values["person"]) if "person" in values else None
+    if person is not None and output not in ("cutout", "matte"):
+        raise BadRequest("person only applies to output=cutout or output=matte.")
+    if output in ("cutout", "matte") and classes is None:
+        # every part of every person; with `person`, that person's whole mask
+        classes = tuple(range(0 if person else 1, len(labels)))
     return ParseOptions(
         output=output,
         format=fmt,
@@ -98,7 +115,23 @@ def parse_options(
         mask_format=_choice("mask_format", values.get("mask_format", "rle"), MASK_FORMATS),
         include_overlay=_flag("include_overlay", values.get("include_overlay"), False),
         classes=classes,
+        person=person,
+        size=_choice("size", values.get("size", "working"), SIZES),
+        labels=labels,
     )
+
+
+def legend_labels(query: Mapping[str, Sequence[str]]) -> str:
+    """The label set `GET /api/v1/classes` lists: its one optional parameter, `labels`.
+    Other parameters are ignored, as before `labels` existed (v1 compatibility).
+
+    Raises:
+        BadRequest: `labels` repeated, or an unknown set.
+    """
+    given = query.get("labels", ["cihp"])
+    if len(given) != 1:
+        raise BadRequest(f"Query parameter 'labels' is given {len(given)} times.")
+    return _choice("labels", given[0].strip(), tuple(LABEL_SETS))
 
 
 def _choice(name: str, value: str, allowed: tuple[str, ...]) -> str:
@@ -127,18 +160,36 @@ def _alpha(value: str) -> float:
     return alpha
 
 
-def _classes(value: str) -> tuple[int, ...]:
+def _person(value: str) -> int:
+    if not (value.isascii() and value.isdigit()) or not 1 <= int(value) <= 10_000:
+        raise BadRequest(f"person must be a person id (1, 2, ...), not {value[:40]!r}.")
+    return int(value)
+
+
+def _classes(value: str, labels: LabelSet) -> tuple[int, ...]:
+    """Comma-separated ids or keys (`2,upper_clothes`) of `labels` → ids, first mention order."""
     ids: list[int] = []
     for part in value.split(","):
-        part = part.strip()
-        if not (part.isascii() and part.isdigit()) or int(part) >= NUM_CLASSES:
+        try:
+            class_id = labels.class_id(part)
+        except KeyError:
             raise BadRequest(
-                f"classes must be comma-separated class ids from 0 to {NUM_CLASSES - 1} "
-                f"(see GET /api/v1/classes), not {part[:40]!r}."
-            )
-        if int(part) not in ids:
-            ids.append(int(part))
+                f"classes must be comma-separated class ids from 0 to {len(labels) - 1} or"
+                f" keys such as {labels.keys[2]} (see GET /api/v1/classes), not"
+                f" {part.strip()[:40]!r}."
+            ) from None
+        if class_id not in ids:
+            ids.append(class_id)
     return tuple(ids)
 
 
-__all__ = ["OUTPUTS", "PARAMETERS", "ParseOptions", "negotiate", "parse_options"]
+__all__ = [
+    "OUTPUTS",
+    "PARAMETERS",
+    "PSD_MEDIA_TYPE",
+    "SIZES",
+    "ParseOptions",
+    "legend_labels",
+    "negotiate",
+    "parse_options",
+]

@@ -12,6 +12,7 @@ import math
 
 from flask import Blueprint, current_app, render_template
 
+from http_contract import size_label
 from m2fp.labels import PALETTES_HEX
 from settings import Settings
 from web.service import ENGINE_TIMEOUT_S
@@ -28,14 +29,6 @@ PARSE_TIMEOUT_SECONDS = math.ceil(ENGINE_TIMEOUT_S) + PARSE_MARGIN_SECONDS
 
 def _settings() -> Settings:
     return current_app.extensions["m2fp_settings"]
-
-
-def size_label(n_bytes: int) -> str:
-    """`10485760` → "10 MB", `1572864` → "1.5 MB": the cap as the page states it."""
-    mb = n_bytes / (1024 * 1024)
-    if mb >= 1:
-        return f"{mb:.1f}".removesuffix(".0") + " MB"
-    return f"{max(1, round(n_bytes / 1024))} KB"
 
 
 @bp.get("/")
@@ -64,4 +57,4 @@ def kiosk() -> str:
     )
 
 
-__all__ = ["KIOSK_COUNTDOWN_SECONDS", "PARSE_TIMEOUT_SECONDS", "bp", "size_label"]
+__all__ = ["KIOSK_COUNTDOWN_SECONDS", "PARSE_TIMEOUT_SECONDS", "bp"]

@@ -5,7 +5,7 @@ strikes, inference through the engine's queue. One instance per app, in
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from m2fp.engine import EngineNotReady, QueueFull
@@ -68,16 +68,21 @@ class ParseService:
                 "The server is low on memory; try again shortly.", retry_after=RETRY_OVERLOADED
             )
 
-    def decode(self, upload: Upload, identity: Identity | None) -> DecodedImage:
+    def decode(
+        self, upload: Upload, identity: Identity | None, *, full_size: bool = False
+    ) -> DecodedImage:
         """`security.uploads.load_upload`; each rejection counts towards a ban of `identity`
-        (None: a request the abuse gate did not identify, which earns no strike)."""
+        (None: a request the abuse gate did not identify, which earns no strike). `full_size`
+        keeps the photo's own size (no working-copy downscale; the pixel cap still holds)."""
         started = time.perf_counter()
+        # no side of an image within the pixel cap is longer than the cap itself
+        policy = replace(self.policy, max_side=self.policy.max_pixels) if full_size else self.policy
         try:
             return load_upload(
                 upload.data,
                 declared_type=upload.declared_type,
                 filename=upload.filename,
-                policy=self.policy,
+                policy=policy,
                 budget=self.decode_budget,
                 wait_s=DECODE_WAIT_S,
             )

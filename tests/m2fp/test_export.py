@@ -66,7 +66,9 @@ def test_schema_and_plain_json(sample: tuple[ParsingResult, np.ndarray]) -> None
     assert doc["classes"] == render.class_stats(result.semantic)
     assert sum(c["pixels"] for c in doc["classes"]) == 30 * 44
     first, second = doc["persons"]
-    assert list(first) == ["id", "score", "bbox", "area", "parts", "part_pixels", "mask"]
+    assert list(first) == [
+        "id", "score", "bbox", "area", "parts", "part_pixels", "part_areas", "mask"
+    ]  # fmt: skip
     assert first["id"] == 1 and first["score"] == 0.97 and first["bbox"] == [2, 2, 11, 26]
     assert first["area"] == 26 * 11
     assert first["parts"] == [2, 5] and first["part_pixels"] == {"2": 70, "5": 144}

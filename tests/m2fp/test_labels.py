@@ -48,4 +48,4 @@ def test_color_hex_and_class_table() -> None:
             color_hex(bad)
     table = class_table()
     assert [row["id"] for row in table] == list(range(20))
-    assert table[2] == {"id": 2, "name": "Hair", "color": "#008000"}
+    assert table[2] == {"id": 2, "key": "hair", "name": "Hair", "color": "#008000"}

@@ -286,11 +286,54 @@ def test_class_stats() -> None:
     assert ids == sorted(ids) and 7 not in ids and 0 in ids
     assert sum(s["pixels"] for s in stats) == sem.size
     for s in stats:
-        assert set(s) == {"id", "name", "color", "pixels", "fraction"}
+        assert set(s) == {"id", "key", "name", "color", "pixels", "fraction"}
         assert s["name"] == CLASS_NAMES[s["id"]]
         assert s["color"] == "#{:02x}{:02x}{:02x}".format(*PALETTE[s["id"]])
         assert s["pixels"] == int((sem == s["id"]).sum())
         assert s["fraction"] == pytest.approx(s["pixels"] / sem.size, abs=0)
     assert render.class_stats(np.zeros((3, 4), np.uint8)) == [
-        {"id": 0, "name": "Background", "color": "#000000", "pixels": 12, "fraction": 1.0}
+        {
+            "id": 0,
+            "key": "background",
+            "name": "Background",
+            "color": "#000000",
+            "pixels": 12,
+            "fraction": 1.0,
+        }
     ]
+
+
+def test_matte_classes_and_region() -> None:
+    sem = _semantic()
+    chosen = [int(sem[0, 0]), int(sem[-1, -1])]
+    matte = render.matte(sem, chosen)
+    assert matte.dtype == np.uint8 and matte.shape == sem.shape
+    assert set(np.unique(matte)) <= {0, 255}
+    np.testing.assert_array_equal(matte == 255, np.isin(sem, chosen))
+    region = np.zeros(sem.shape, bool)
+    region[: sem.shape[0] // 2] = True
+    within = render.matte(sem, chosen, within=region)
+    np.testing.assert_array_equal(within == 255, np.isin(sem, chosen) & region)
+    image = np.full((*sem.shape, 3), 7, np.uint8)
+    cut = render.cutout(image, sem, chosen, within=region)
+    np.testing.assert_array_equal(cut[..., 3], within)
+    with pytest.raises(ValueError, match="at least one"):
+        render.matte(sem, [])
+    with pytest.raises(ValueError, match="within"):
+        render.matte(sem, chosen, within=region[:2])
+
+
+def test_renderers_in_another_label_set() -> None:
+    from m2fp.labelsets import ATR
+
+    sem = ATR.remap(_semantic())
+    assert sem.max() < len(ATR)
+    stats = render.class_stats(sem, labels=ATR)
+    assert all(s["key"] == ATR.keys[s["id"]] for s in stats)
+    colours = render.colorize(sem, labels=ATR)
+    np.testing.assert_array_equal(colours, ATR.palette[sem])
+    png = render.label_map_png(sem, palette=True, labels=ATR)
+    decoded = images.decode(png)
+    np.testing.assert_array_equal(np.asarray(decoded), sem)
+    with pytest.raises(ValueError, match="outside"):
+        render.overlay(np.zeros((*sem.shape, 3), np.uint8), sem, classes=[18], labels=ATR)

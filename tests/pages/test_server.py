@@ -10,10 +10,11 @@ from html.parser import HTMLParser
 
 import pytest
 
+from http_contract import size_label
 from m2fp.labels import PALETTES_HEX
 from tests.support.pages import close_app, make_app
 from tests.support.paths import REPO
-from web.pages import PARSE_TIMEOUT_SECONDS, size_label
+from web.pages import PARSE_TIMEOUT_SECONDS
 from web.service import ENGINE_TIMEOUT_S
 
 STATIC = REPO / "static"

@@ -362,7 +362,7 @@ def test_json_result_shape(client):
     assert body["timing_ms"]["total"] >= body["timing_ms"]["inference"]
     assert body["timing_ms"]["inference"] >= body["timing_ms"]["queue"]
     for stat in body["classes"]:
-        assert set(stat) == {"id", "name", "color", "pixels", "fraction"}
+        assert set(stat) == {"id", "key", "name", "color", "pixels", "fraction"}
         assert stat["name"] == CLASS_NAMES[stat["id"]]
     assert abs(sum(c["fraction"] for c in body["classes"]) - 1.0) < 1e-6
     label_map = images.decode(base64.b64decode(body["label_map"]["data"]))
@@ -628,3 +628,250 @@ def test_mutated_bodies_only_ever_get_json_4xx_or_200(make_app, form):
         assert r.mimetype == "application/json"
         statuses.add(r.status_code)
     assert 400 in statuses and statuses <= {200, 400, 413, 415, 422}
+
+
+# --- issue 16: classes by name, original size, mattes, layers, label sets ---------------------
+
+
+def _json(client, query: str = "", data: bytes | None = None) -> dict:
+    r = client.post(
+        f"{PARSE}?output=json{query}", data=data or images.png(), content_type="image/png"
+    )
+    assert r.status_code == 200, r.get_data(as_text=True)
+    return r.get_json()
+
+
+def test_classes_by_key_and_by_id_give_the_same_cutout(client):
+    by_id = client.post(
+        f"{PARSE}?output=cutout&classes=2,5,14", data=images.png(), content_type="image/png"
+    )
+    by_key = client.post(
+        f"{PARSE}?output=cutout&classes=hair,upper_clothes, left_arm",
+        data=images.png(),
+        content_type="image/png",
+    )
+    assert by_id.status_code == by_key.status_code == 200
+    assert by_id.data == by_key.data
+    r = client.post(f"{PARSE}?classes=hairs", data=images.png(), content_type="image/png")
+    error = assert_error(r, 400)
+    assert "classes" in error["message"] and "'hairs'" in error["message"]
+
+
+def test_json_carries_keys_and_integer_ids_everywhere(client):
+    from m2fp.labels import CLASS_KEYS
+
+    body = _json(client)
+    for stat in body["classes"]:
+        assert stat["key"] == CLASS_KEYS[stat["id"]]
+    legend = client.get("/api/v1/classes").get_json()["classes"]
+    assert [c["key"] for c in legend] == list(CLASS_KEYS)
+    for person in body["persons"]:
+        areas = person["part_areas"]
+        assert [a["id"] for a in areas] == person["parts"]
+        assert all(type(a["id"]) is int for a in areas)
+        assert {str(a["id"]): a["pixels"] for a in areas} == person["part_pixels"]
+        for a in areas:
+            assert (a["key"], a["name"]) == (CLASS_KEYS[a["id"]], CLASS_NAMES[a["id"]])
+
+
+def _smooth_photo(width: int = 128, height: int = 96) -> np.ndarray:
+    """A gradient with a flat block and no noise: downscaling it changes little, so the model
+    sees nearly the same input at both sizes."""
+    y, x = np.mgrid[0:height, 0:width]
+    rgb = np.stack([x * 255 // (width - 1), y * 255 // (height - 1), (x + y) * 255 // 222], -1)
+    photo = rgb.astype(np.uint8)
+    photo[20:70, 40:90] = (200, 40, 60)
+    return photo
+
+
+def _label_map(body: dict) -> np.ndarray:
+    return np.asarray(images.decode(base64.b64decode(body["label_map"]["data"])))
+
+
+def test_original_size_in_every_output(make_app):
+    client = make_app(max_side=64, rate_limit="1000 per minute").test_client()
+    data = images.encode(_smooth_photo(), "PNG")
+    for size, (w, h) in [("working", (64, 48)), ("original", (128, 96))]:
+        body = _json(client, f"&size={size}&mask_format=png&include_overlay=true", data)
+        assert body["image"] == {"width": w, "height": h}
+        assert _label_map(body).shape == (h, w)
+        assert images.decode(base64.b64decode(body["overlay"]["data"])).size == (w, h)
+        for person in body["persons"]:
+            assert images.decode(base64.b64decode(person["mask"]["data"])).size == (w, h)
+        for output in ("overlay", "cutout", "matte", "psd"):
+            query = f"{PARSE}?output={output}&size={size}"
+            r = client.post(query, data=data, content_type="image/png")
+            assert r.status_code == 200, (output, r.get_data(as_text=True))
+            assert (r.headers["X-Image-Width"], r.headers["X-Image-Height"]) == (str(w), str(h))
+            assert images.decode(r.data).size == (w, h), output
+
+
+def test_original_size_masks_line_up_with_the_working_size_ones(make_app):
+    client = make_app(max_side=64, rate_limit="1000 per minute").test_client()
+    data = images.encode(_smooth_photo(), "PNG")
+    working = _label_map(_json(client, "&size=working", data))
+    original = _label_map(_json(client, "&size=original", data))
+    assert original.shape == (96, 128) and working.shape == (48, 64)
+    scaled = working.repeat(2, axis=0).repeat(2, axis=1)
+    assert (original == scaled).mean() >= 0.95
+    # Where they differ, it is at an edge of the working-size map (within 2 working pixels).
+    edge = np.zeros_like(scaled, dtype=bool)
+    for dy in range(-4, 5):
+        for dx in range(-4, 5):
+            shifted = np.roll(scaled, (dy, dx), axis=(0, 1))
+            edge |= shifted != scaled
+    assert not ((original != scaled) & ~edge).any()
+    # Resized probabilities, not a nearest-neighbour blow-up: edges cut through 2x2 blocks.
+    blocks = original.reshape(48, 2, 64, 2).transpose(0, 2, 1, 3).reshape(48, 64, 4)
+    assert (blocks != blocks[..., :1]).any(axis=-1).sum() > 0
+
+
+def test_matte_of_classes_and_of_one_person(client):
+    body = _json(client, "&mask_format=png")
+    label_map = _label_map(body)
+    present = [c["id"] for c in body["classes"] if c["id"] != 0]
+    query = f"{PARSE}?output=matte&classes={present[0]}"
+    r = client.post(query, data=images.png(), content_type="image/png")
+    assert r.status_code == 200 and r.mimetype == "image/png"
+    matte = images.decode(r.data)
+    assert matte.mode == "L"
+    matte = np.asarray(matte)
+    assert set(np.unique(matte)) <= {0, 255}
+    np.testing.assert_array_equal(matte == 255, label_map == present[0])
+    person = body["persons"][0]
+    mask = np.asarray(images.decode(base64.b64decode(person["mask"]["data"]))) > 0
+    r = client.post(f"{PARSE}?output=matte&person=1", data=images.png(), content_type="image/png")
+    np.testing.assert_array_equal(np.asarray(images.decode(r.data)) == 255, mask)
+    from m2fp.labels import CLASS_KEYS
+
+    query = f"{PARSE}?output=cutout&person=1&classes={CLASS_KEYS[present[0]]}"
+    r = client.post(query, data=images.png(), content_type="image/png")
+    cutout = np.asarray(images.decode(r.data))
+    np.testing.assert_array_equal(cutout[..., 3] > 0, mask & (label_map == present[0]))
+
+
+@pytest.mark.parametrize(
+    ("query", "needle"),
+    [
+        ("output=matte&person=0", "person"),
+        ("output=matte&person=x", "person"),
+        ("output=overlay&person=1", "person"),
+        ("output=json&person=1", "person"),
+        ("output=matte&person=99", "person=99"),
+        ("size=huge", "size"),
+        ("labels=voc", "labels"),
+        ("labels=atr&classes=coat", "classes"),
+    ],
+)
+def test_person_size_and_labels_errors_are_400(client, query, needle):
+    r = client.post(f"{PARSE}?{query}", data=images.png(), content_type="image/png")
+    assert needle in assert_error(r, 400)["message"]
+
+
+def test_gimp_opens_the_layered_file_with_named_layers(client, tmp_path):
+    from tests.support import gimp
+
+    body = _json(client)
+    r = client.post(f"{PARSE}?output=psd", data=images.png(), content_type="image/png")
+    assert r.status_code == 200 and r.mimetype == "image/vnd.adobe.photoshop"
+    path = tmp_path / "parse.psd"
+    path.write_bytes(r.data)
+    size, layers = gimp.load_layers(path, tmp_path)
+    assert size == (128, 96)
+    names = [name for name, _, _ in layers]
+    parts = [c["name"] for c in body["classes"] if c["id"] != 0]
+    persons = [f"Person {p['id']}" for p in body["persons"]]
+    assert names == ["Photo", *parts, *persons]
+    assert layers[0] == ("Photo", 128, 96)
+    for (name, width, height), person in zip(
+        layers[len(parts) + 1 :], body["persons"], strict=True
+    ):
+        assert (width, height) == tuple(person["bbox"][2:]), name
+
+
+@pytest.mark.parametrize(("name", "size"), [("cihp", 20), ("lip", 20), ("atr", 18), ("coarse", 7)])
+def test_legend_follows_the_label_set(client, name, size):
+    from m2fp.labelsets import LABEL_SETS
+
+    r = client.get(f"/api/v1/classes?labels={name}")
+    assert r.status_code == 200
+    classes = r.get_json()["classes"]
+    assert [c["id"] for c in classes] == list(range(size))
+    assert [c["key"] for c in classes] == list(LABEL_SETS[name].keys)
+    assert_error(client.get("/api/v1/classes?labels=voc"), 400)
+
+
+def test_every_output_follows_the_label_set(client):
+    from m2fp.labelsets import COARSE
+
+    cihp = _json(client, "&mask_format=png")
+    coarse = _json(client, "&mask_format=png&labels=coarse")
+    cihp_map, coarse_map = _label_map(cihp), _label_map(coarse)
+    np.testing.assert_array_equal(coarse_map, COARSE.remap(cihp_map))
+    for stat in coarse["classes"]:
+        assert (stat["key"], stat["name"]) == (COARSE.keys[stat["id"]], COARSE.names[stat["id"]])
+        assert stat["pixels"] == int((coarse_map == stat["id"]).sum())
+    for before, after in zip(cihp["persons"], coarse["persons"], strict=True):
+        assert after["part_areas"] == [
+            {"id": k, "key": COARSE.keys[k], "name": COARSE.names[k], "pixels": n}
+            for k, n in COARSE.remap_counts(
+                {a["id"]: a["pixels"] for a in before["part_areas"]}
+            ).items()
+            if k > 0
+        ]
+    skin = COARSE.cihp_ids([COARSE.class_id("skin")])
+    assert np.isin(cihp_map, skin).any(), "the tiny model finds legs"
+    r = client.post(
+        f"{PARSE}?output=matte&labels=coarse&classes=skin",
+        data=images.png(),
+        content_type="image/png",
+    )
+    np.testing.assert_array_equal(np.asarray(images.decode(r.data)) == 255, np.isin(cihp_map, skin))
+    for output in ("overlay", "cutout", "psd"):
+        r = client.post(
+            f"{PARSE}?output={output}&labels=atr", data=images.png(), content_type="image/png"
+        )
+        assert r.status_code == 200, output
+
+
+def test_byte_cap_413s_state_the_limit_as_the_docs_do(make_app):
+    from http_contract import size_label
+
+    app = make_app(max_upload_mb=0.05, rate_limit="1000 per minute")  # 52,428 bytes
+    client = app.test_client()
+    label = size_label(app.extensions["m2fp_settings"].max_upload_bytes)
+    assert label == "51 KB"
+    assert size_label(10 * 1024 * 1024) == "10 MB"  # the default, as docs/api.md says it
+    big = images.padded_png(60_000)
+    answers = [
+        client.post(PARSE, data=big, content_type="image/png"),
+        client.post(PARSE, **multipart(big)),
+        client.post(PARSE, json={"image": base64.b64encode(big).decode()}),
+        client.post(PARSE, **multipart(images.padded_png(200_000))),  # Content-Length refused
+        chunked(client, big, "image/png"),
+    ]
+    messages = {assert_error(r, 413)["message"] for r in answers}
+    assert messages == {"The image is larger than the upload limit of 51 KB."}
+
+
+def test_classes_schema_pattern_matches_what_the_parser_takes(client):
+    import re
+
+    from m2fp.labelsets import CIHP, LABEL_SETS
+
+    operation = client.get("/api/v1/openapi.json").get_json()["paths"][PARSE]["post"]
+    (param,) = [p for p in operation["parameters"] if p["name"] == "classes"]
+    pattern = re.compile(param["schema"]["pattern"])
+    for name, labels in LABEL_SETS.items():
+        value = ",".join([*labels.keys, *map(str, range(len(labels)))])
+        assert pattern.fullmatch(value), name
+        r = client.post(
+            f"{PARSE}?output=matte&labels={name}&classes={value}",
+            data=images.png(),
+            content_type="image/png",
+        )
+        assert r.status_code == 200, r.get_data(as_text=True)
+    for refused in ("20", "hairs", "Hair", "left-arm", "", "1,,2"):
+        assert not pattern.fullmatch(refused), refused
+        with pytest.raises(KeyError):
+            [CIHP.class_id(token) for token in refused.split(",")]
