@@ -38,8 +38,6 @@ ERRORS: tuple[ErrorKind, ...] = (
     ErrorKind(404, "not_found", "There is nothing at this address."),
     ErrorKind(405, "method_not_allowed", "This method is not allowed here."),
     ErrorKind(406, "not_acceptable", "No acceptable representation."),
-    # The client took too long to send its request (nginx's client_body_timeout).
-    ErrorKind(408, "request_timeout", "The request took too long to arrive."),
     ErrorKind(413, "payload_too_large", "The upload is too large."),
     ErrorKind(414, "uri_too_long", "The address is too long."),
     ErrorKind(415, "unsupported_media_type", "Only JPEG, PNG and WebP images are accepted."),

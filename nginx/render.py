@@ -50,7 +50,6 @@ EDGE_ERRORS: tuple[tuple[int, tuple[int, ...]], ...] = (
     (403, ()),
     (404, ()),
     (405, ()),
-    (408, ()),
     (413, ()),
     (414, ()),
     (429, ()),
@@ -114,9 +113,11 @@ class NginxOptions:
     edge_burst: int = 40
     parse_rate: str = "2r/s"
     parse_burst: int = 10
+    # Requests in progress per client (an IPv4 address or an IPv6 /64), and uploads among them.
+    # No cap on all clients together: a handful of slow clients would fill it for everyone.
     conns_per_client: int = 16
-    # In-flight requests in all: each may hold a body buffer, so this bounds nginx's memory.
-    conns_total: int = 64
+    uploads_per_client: int = 4
+    body_timeout_s: int = 10  # between two reads of a request body
     read_timeout_s: int = 120
     hsts_max_age: int = 63_072_000
     metrics_allow: tuple[str, ...] = ("127.0.0.1", "::1")
@@ -150,7 +151,8 @@ class NginxOptions:
             "edge_burst",
             "parse_burst",
             "conns_per_client",
-            "conns_total",
+            "uploads_per_client",
+            "body_timeout_s",
             "worker_connections",
             "read_timeout_s",
         ):
@@ -228,7 +230,8 @@ def render(options: NginxOptions, template: str | None = None) -> str:
         "parse_rate": options.parse_rate,
         "parse_burst": str(options.parse_burst),
         "conns_per_client": str(options.conns_per_client),
-        "conns_total": str(options.conns_total),
+        "uploads_per_client": str(options.uploads_per_client),
+        "body_timeout": f"{options.body_timeout_s}s",
         "read_timeout": f"{options.read_timeout_s}s",
         "real_ip_lines": _lines(
             [f"set_real_ip_from {net};" for net in options.real_ip_from]
@@ -406,7 +409,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--parse-rate", default="2r/s", help="parse requests per client address")
     p.add_argument("--parse-burst", type=int, default=10)
     p.add_argument("--conns-per-client", type=int, default=16)
-    p.add_argument("--conns-total", type=int, default=64)
+    p.add_argument("--uploads-per-client", type=int, default=4)
+    p.add_argument("--body-timeout", type=int, default=10, help="seconds between body reads")
     p.add_argument("--read-timeout", type=int, default=120, help="seconds to wait for the app")
     p.add_argument("--hsts-max-age", type=int, default=63_072_000)
     p.add_argument("--metrics-allow", action="append", metavar="CIDR")
@@ -443,7 +447,8 @@ def options_from_args(args: argparse.Namespace) -> NginxOptions:
         parse_rate=args.parse_rate,
         parse_burst=args.parse_burst,
         conns_per_client=args.conns_per_client,
-        conns_total=args.conns_total,
+        uploads_per_client=args.uploads_per_client,
+        body_timeout_s=args.body_timeout,
         read_timeout_s=args.read_timeout,
         hsts_max_age=args.hsts_max_age,
         metrics_allow=tuple(args.metrics_allow or ("127.0.0.1", "::1")),

@@ -91,6 +91,7 @@ class Trickle:
     interval: float = 1.0
     opened: int = 0
     refused: int = 0
+    sent: int = 0  # connections whose request head went out
     answered: list[bytes] = field(default_factory=list)
     _stop: threading.Event = field(default_factory=threading.Event)
     _threads: list[threading.Thread] = field(default_factory=list)
@@ -118,6 +119,8 @@ class Trickle:
         with conn:
             try:
                 conn.sendall(self.head)
+                with self._lock:
+                    self.sent += 1
                 conn.settimeout(0.01)
                 while not self._stop.wait(self.interval):
                     conn.sendall(b"x")
@@ -155,12 +158,14 @@ def trickling(
     interval: float = 1.0,
     settle: float = 3.0,
 ) -> Iterator[Trickle]:
-    """Start the trickle, give its connections `settle` seconds to open, yield, stop."""
+    """Start the trickle, give its connections up to `settle` seconds to open and send their
+    heads (and the server half a second to take them in), yield, stop."""
     trickle = Trickle(port, head, count, sources, ca, interval).start()
     try:
         deadline = time.monotonic() + settle
-        while trickle.opened + trickle.refused < count and time.monotonic() < deadline:
+        while trickle.sent + trickle.refused < count and time.monotonic() < deadline:
             time.sleep(0.05)
+        time.sleep(0.5)
         yield trickle
     finally:
         trickle.stop()
