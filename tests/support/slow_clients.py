@@ -16,6 +16,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+from gunicorn_worker import DeadlineThreadWorker
 from nginx.render import NginxOptions, write_config
 from tests.support.deploy import NGINX, Nginx, TlsFiles, free_port, tls_context, wait_for_port
 
@@ -244,3 +245,14 @@ def start_dual_stack_nginx(
         server.stop()
         raise RuntimeError(f"nginx did not start:\n{server.errors()}") from None
     return server
+
+
+# -- gunicorn with short deadlines ----------------------------------------------------------------
+
+
+class QuickDeadlineWorker(DeadlineThreadWorker):
+    """The app port's worker with deadlines short enough for a test to wait them out:
+    `gunicorn -k tests.support.slow_clients.QuickDeadlineWorker`."""
+
+    head_timeout_s = 1.5
+    request_read_timeout_s = 3.0
