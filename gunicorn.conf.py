@@ -51,6 +51,9 @@ keepalive = 5
 # carry query strings; operator messages go to stderr.
 accesslog = None
 errorlog = "-"
+# gunicorn's own lines without request data (an exception's text quotes the bytes it read):
+# gunicorn_worker.RequestDataFilter.
+logger_class = "gunicorn_worker.RedactingLogger"
 loglevel = "info"
 capture_output = False
 # Bounded request heads (gunicorn's defaults, stated).

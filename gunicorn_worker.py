@@ -29,6 +29,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import json
+import logging
 import selectors
 import socket
 import time
@@ -37,7 +38,7 @@ from collections import deque
 from functools import partial
 from http import HTTPStatus
 
-from gunicorn import util
+from gunicorn import glogging, util
 from gunicorn.http import errors as http_errors
 from gunicorn.workers import gthread
 
@@ -248,11 +249,47 @@ class DeadlineThreadWorker(gthread.ThreadWorker):
             self.log.debug("Failed to send error message.")
 
 
+class RequestDataFilter(logging.Filter):
+    """gunicorn's own log lines without request data, whatever the level: an exception passed
+    as an argument (gunicorn's "Closing connection. %s", "Ignored premature client
+    disconnection. %s": their text quotes the bytes read) is logged as its class name; the
+    request line of stock gunicorn's "Error handling request %s %s" and "Invalid request from
+    ip=...: <error>" is dropped. The worker above logs none of these itself; this covers
+    gunicorn's other paths."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = str(record.msg)
+        if message.startswith("Error handling request") and record.args:
+            record.msg, record.args = "Error handling request", ()
+        elif message.startswith("Invalid request from ip="):
+            record.msg, record.args = message.partition(": ")[0], ()
+        elif isinstance(record.args, tuple) and any(
+            isinstance(arg, BaseException) for arg in record.args
+        ):
+            record.args = tuple(
+                type(arg).__name__ if isinstance(arg, BaseException) else arg for arg in record.args
+            )
+        return True
+
+
+class RedactingLogger(glogging.Logger):
+    """gunicorn's logger with `RequestDataFilter` on its error log: `logger_class =
+    "gunicorn_worker.RedactingLogger"` (gunicorn.conf.py). Its access log stays off: the app's
+    audit line replaces it."""
+
+    def setup(self, cfg) -> None:  # noqa: ANN001
+        super().setup(cfg)
+        if not any(isinstance(f, RequestDataFilter) for f in self.error_log.filters):
+            self.error_log.addFilter(RequestDataFilter())
+
+
 __all__ = [
     "HEAD_TIMEOUT_S",
     "REQUEST_READ_TIMEOUT_S",
     "DeadlineThreadWorker",
     "ReadDeadlineExceeded",
+    "RedactingLogger",
+    "RequestDataFilter",
     "error_response",
     "error_status",
     "head_complete",

@@ -28,4 +28,11 @@ python3 -m nginx.render --out "$RUN_DIR/nginx.conf" --runtime-dir "$RUN_DIR" \
   --server-name "${M2FP_SERVER_NAME:-localhost}" \
   --static-root "${M2FP_STATIC_ROOT:-/opt/m2fp/static}" \
   --access-log /dev/stdout --error-log stderr "$@" >/dev/null
-exec /usr/sbin/nginx -e stderr -p "$RUN_DIR" -c "$RUN_DIR/nginx.conf" -g 'daemon off;'
+# nginx's error log goes through nginx/log_filter.py (it drops the request context nginx
+# appends: query strings, referrers) by a FIFO, so that nginx itself stays PID 1 and gets
+# docker's signals.
+rm -f "$RUN_DIR/error-log.fifo"
+mkfifo -m 600 "$RUN_DIR/error-log.fifo"
+python3 -m nginx.log_filter <"$RUN_DIR/error-log.fifo" &
+exec /usr/sbin/nginx -e stderr -p "$RUN_DIR" -c "$RUN_DIR/nginx.conf" -g 'daemon off;' \
+  2>"$RUN_DIR/error-log.fifo"
