@@ -14,6 +14,7 @@ from __future__ import annotations
 import http.client
 import io
 import json
+import logging
 import os
 import secrets
 import signal
@@ -24,8 +25,10 @@ import time
 import numpy as np
 import pytest
 import requests
+from gunicorn.http.errors import InvalidHeaderName, NoMoreData
 from PIL import Image
 
+from gunicorn_worker import RequestDataFilter
 from nginx.log_filter import WITHHELD, redact
 from tests.support.deploy import REPO, free_port, tls_context
 from tests.support.slow_clients import raw_exchange
@@ -74,6 +77,25 @@ def jpeg() -> bytes:
 def test_the_filter_keeps_nginxs_words_and_drops_the_request(line, expected):
     assert redact(line) == expected
     assert CANARY not in redact(line)
+
+
+def test_gunicorns_log_lines_lose_the_request_data_their_arguments_carry():
+    def filtered(msg: str, *args: object) -> str:
+        record = logging.LogRecord("gunicorn.error", logging.DEBUG, __file__, 1, msg, args, None)
+        assert RequestDataFilter().filter(record)
+        return record.getMessage()
+
+    assert filtered("Ignored premature client disconnection. %s", NoMoreData(CANARY.encode())) == (
+        "Ignored premature client disconnection. NoMoreData"
+    )
+    assert filtered("Error handling request %s %s", "GET", f"/?k={CANARY}") == (
+        "Error handling request"
+    )
+    invalid = f"Invalid request from ip=10.0.0.1: {InvalidHeaderName(CANARY)}"
+    assert filtered(invalid) == "Invalid request from ip=10.0.0.1"
+    assert filtered("Listening at: %s (%s)", "http://127.0.0.1:8000", 7) == (
+        "Listening at: http://127.0.0.1:8000 (7)"
+    )
 
 
 # -- scripts/run, end to end -------------------------------------------------------------------

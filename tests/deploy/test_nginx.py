@@ -123,6 +123,8 @@ def test_body_cap_follows_the_apps_upload_setting(tmp_path, tls, monkeypatch):
         ({"metrics_allow": ("10.0.0.0/33",)}, "10.0.0.0/33"),
         ({"access_log": "/tmp/x; evil"}, "unsafe"),
         ({"ocsp_stapling": True}, "--trusted-cert"),
+        ({"server_name": "evil.example/$host"}, "--server-name"),
+        ({"server_name": "a b"}, "--server-name"),
     ],
 )
 def test_render_refuses_bad_options(tmp_path, change, message):
