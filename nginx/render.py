@@ -46,7 +46,7 @@ BODY_BUFFER_HEADROOM = 1 * MIB
 # header too large"). 405 is TRACE, 501 a transfer coding other than chunked, 505 a request
 # line naming HTTP/2.0 or above: nginx refuses those while it parses the request.
 EDGE_ERRORS: tuple[tuple[int, tuple[int, ...]], ...] = (
-    (400, ()),
+    (400, (497,)),  # 497: plain HTTP sent to the HTTPS port
     (403, ()),
     (404, ()),
     (405, ()),
@@ -245,7 +245,12 @@ def render(options: NginxOptions, template: str | None = None) -> str:
         "upstream_servers": _lines(
             [f"server {u} max_fails=1 fail_timeout=10s;" for u in options.upstreams], indent=8
         ),
-        "http_server": _http_server(options.http_listen, options.server_name, https_port),
+        "http_server": _http_server(
+            options.http_listen,
+            options.server_name,
+            https_port,
+            errors=[*_error_pages(), *_error_locations(hsts, options.max_body_bytes)],
+        ),
         "hsts": hsts,
         "https_listen_lines": _lines([f"listen {a} ssl http2;" for a in options.https_listen], 8),
         "cert": str(options.cert),
@@ -263,20 +268,22 @@ def render(options: NginxOptions, template: str | None = None) -> str:
         ),
         "metrics_allow_lines": _lines([f"allow {n};" for n in options.metrics_allow], indent=12),
         "static_location": _static_location(options.static_root, hsts),
-        "error_pages": _lines(
-            [
-                f"error_page {' '.join(map(str, (status, *also)))} = "
-                f"{ERROR_PREFIX}{_edge_error(status).code};"
-                for status, also in EDGE_ERRORS
-            ],
-            indent=8,
-        ),
-        "error_locations": _lines(
-            [_error_location(status, hsts, options.max_body_bytes) for status, _ in EDGE_ERRORS],
-            indent=8,
-        ),
+        "error_pages": _lines(_error_pages(), indent=8),
+        "error_locations": _lines(_error_locations(hsts, options.max_body_bytes), indent=8),
     }
     return _PLACEHOLDER.sub(lambda m: _lookup(values, m.group(1)), template)
+
+
+def _error_pages() -> list[str]:
+    return [
+        f"error_page {' '.join(map(str, (status, *also)))} = "
+        f"{ERROR_PREFIX}{_edge_error(status).code};"
+        for status, also in EDGE_ERRORS
+    ]
+
+
+def _error_locations(hsts: str, max_body_bytes: int) -> list[str]:
+    return [_error_location(status, hsts, max_body_bytes) for status, _ in EDGE_ERRORS]
 
 
 def _edge_error(status: int) -> ErrorKind:
@@ -316,7 +323,11 @@ def _error_location(status: int, hsts: str, max_body_bytes: int) -> str:
     )
 
 
-def _http_server(listen: Sequence[str], server_name: str, https_port: int) -> str:
+def _http_server(
+    listen: Sequence[str], server_name: str, https_port: int, errors: Sequence[str]
+) -> str:
+    """The plain-HTTP server: every request redirected to HTTPS, and the same JSON error pages
+    as the HTTPS server for the requests nginx refuses before that (`/%ZZ`, TRACE...)."""
     if not listen:
         return "# No plain-HTTP listener (--no-http)."
     suffix = "" if https_port == 443 else f":{https_port}"
@@ -327,6 +338,7 @@ def _http_server(listen: Sequence[str], server_name: str, https_port: int) -> st
         "location / {",
         f"    return 308 https://{server_name}{suffix}$request_uri;",
         "}",
+        *errors,
     ]
     return "server {\n        " + _lines(body, indent=8) + "\n    }"
 

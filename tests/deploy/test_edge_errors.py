@@ -110,3 +110,27 @@ def test_redirect_server_name_is_a_setting(tmp_path, tls):
             assert raw_exchange(server.http_port, b"GET /\r\n").raw == b""
         finally:
             server.stop()
+
+
+@pytest.mark.parametrize(
+    ("data", "status", "code"),
+    [
+        (head("GET /%ZZ HTTP/1.1"), 400, "bad_request"),
+        (head("GET /" + "a" * 20_000 + " HTTP/1.1"), 414, "uri_too_long"),
+        (head("TRACE / HTTP/1.1"), 405, "method_not_allowed"),
+        (head("GET / HTTP/2.0"), 505, "http_version_not_supported"),
+    ],
+    ids=["bad-escape", "long-path", "trace", "http-2.0-line"],
+)
+def test_the_plain_http_port_refuses_in_the_same_form(edge, data, status, code):
+    response = raw_exchange(edge.http_port, data)
+    assert_json_error(
+        response.status, response.headers, response.body, expected_status=status, code=code
+    )
+
+
+def test_plain_http_on_the_https_port_gets_a_json_400(edge):
+    response = raw_exchange(edge.https_port, head("GET /healthz HTTP/1.1"))
+    assert_json_error(
+        response.status, response.headers, response.body, expected_status=400, code="bad_request"
+    )
