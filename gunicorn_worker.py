@@ -16,9 +16,9 @@ sent half a head held every thread, `/healthz` included, for as long as they sta
 - A connection that is done is closed by its thread (gunicorn lingers up to 2 s draining what
   the client still sends), not by the main loop, which a client that kept sending would stall.
 - gunicorn's own refusals (a malformed request line or header, a bad chunk) answer JSON in
-  the API's error shape with the app's security headers, where stock gunicorn sends HTML that
-  quotes the request line; the log line names the kind of error and never its text, which
-  quotes the request.
+  the API's error shape with the app's security headers (and nginx's request id, when the
+  refused head carries one), where stock gunicorn sends HTML that quotes the request line;
+  the log line names the kind of error and never its text, which quotes the request.
 
 Behind nginx none of this is visible: nginx sends whole, valid requests at once. It matters
 where the app's port is reachable by others (a shared host, a cluster network).
@@ -30,8 +30,10 @@ import contextlib
 import errno
 import json
 import logging
+import re
 import selectors
 import socket
+import threading
 import time
 import uuid
 from collections import deque
@@ -114,14 +116,25 @@ def error_status(exc: BaseException) -> int:
     return 400 if isinstance(exc, http_errors.ParseException) else 500
 
 
-def error_response(status: int) -> bytes:
+# nginx's request id ($request_id: 32 hexadecimal digits), found in a head gunicorn refused.
+_REQUEST_ID = re.compile(rb"\r\nx-request-id:[ \t]*([0-9a-f]{32})[ \t]*\r\n", re.IGNORECASE)
+
+
+def request_id_in(head: bytes | None) -> str | None:
+    """The X-Request-ID nginx set, when `head` carries one in nginx's form: the error then
+    joins nginx's access log line. Nothing else of the head is used."""
+    match = _REQUEST_ID.search(head or b"")
+    return match.group(1).decode().lower() if match else None
+
+
+def error_response(status: int, request_id: str | None = None) -> bytes:
     """The bytes of a JSON error for `status` with the app's headers for a JSON response;
-    nothing of the request in it."""
+    nothing of the request in it but `request_id` (a fresh one when None)."""
     from security.headers import security_headers  # Flask: in the worker only, not the master
 
     kind = generic_error(status) or generic_error(500)
     assert kind is not None
-    request_id = uuid.uuid4().hex
+    request_id = request_id or uuid.uuid4().hex
     error = {"code": kind.code, "message": kind.message, "request_id": request_id}
     body = json.dumps({"error": error}, separators=(",", ":")).encode()
     headers = {
@@ -145,6 +158,7 @@ class DeadlineThreadWorker(gthread.ThreadWorker):
     def __init__(self, *args, **kwargs) -> None:  # noqa: ANN002, ANN003
         super().__init__(*args, **kwargs)
         self.reading_heads: deque[gthread.TConn] = deque()  # by deadline: one timeout for all
+        self._thread = threading.local()  # the head its thread is serving, for handle_error
 
     def _reads_heads(self) -> bool:
         # TLS and HTTP/2 prior knowledge read from the socket in TConn.init: stock behaviour.
@@ -209,6 +223,7 @@ class DeadlineThreadWorker(gthread.ThreadWorker):
 
     def handle(self, conn: gthread.TConn):  # noqa: ANN201
         head = getattr(conn, "head", None)
+        self._thread.head = None if head is None else bytes(head)
         if head is not None:
             conn.head = None
             conn.sock.setblocking(True)
@@ -243,8 +258,9 @@ class DeadlineThreadWorker(gthread.ThreadWorker):
             # The exception's text quotes the request line or header: its kind only.
             peer = addr[0] if addr else "unix socket"
             self.log.warning("Invalid request from %s: %s", peer, type(exc).__name__)
+        request_id = request_id_in(getattr(self._thread, "head", None))
         try:
-            util.write_nonblock(client, error_response(status))
+            util.write_nonblock(client, error_response(status, request_id))
         except Exception:  # noqa: BLE001 - the client may be gone; nothing more to do
             self.log.debug("Failed to send error message.")
 

@@ -374,3 +374,6 @@ def test_requests_nginx_passes_but_gunicorn_refuses_get_json_not_html(edge, tls,
         response.status, response.headers, response.body, expected_status=status, code=code
     )
     assert b"<html" not in response.body
+    # the answer carries nginx's request id: it joins nginx's access log line
+    entry = edge.access_entry(response.headers["X-Request-ID"])
+    assert entry is not None and entry["status"] == status
