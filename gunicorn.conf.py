@@ -29,7 +29,10 @@ from settings import Settings  # noqa: E402
 _settings = Settings.from_env()
 
 bind = ["127.0.0.1:8000"]  # loopback: nginx in front terminates TLS
-worker_class = "gthread"
+# gthread whose main loop reads request heads and whose threads read each request by a
+# deadline (gunicorn_worker.py): clients that reach this port directly cannot hold its threads
+# with unfinished heads or trickling bodies; gunicorn's own errors are JSON.
+worker_class = "gunicorn_worker.DeadlineThreadWorker"
 # workers: gunicorn's default, $WEB_CONCURRENCY or 1.
 # Enough threads for a full engine (M2FP_QUEUE_MAX waiting + M2FP_BATCH_MAX running) and a few
 # more for decoding and the other routes: the engine's bounded queue, not gunicorn's unbounded
@@ -48,6 +51,9 @@ keepalive = 5
 # carry query strings; operator messages go to stderr.
 accesslog = None
 errorlog = "-"
+# gunicorn's own lines without request data (an exception's text quotes the bytes it read):
+# gunicorn_worker.RequestDataFilter.
+logger_class = "gunicorn_worker.RedactingLogger"
 loglevel = "info"
 capture_output = False
 # Bounded request heads (gunicorn's defaults, stated).

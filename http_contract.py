@@ -51,6 +51,8 @@ ERRORS: tuple[ErrorKind, ...] = (
     ),
     ErrorKind(431, "headers_too_large", "The request headers are too large."),
     ErrorKind(500, "internal_error", "The server could not complete the request."),
+    # A transfer coding other than chunked (nginx's own refusal).
+    ErrorKind(501, "not_implemented", "The request uses a feature this server does not support."),
     ErrorKind(502, "bad_gateway", "The service is unavailable; try again shortly.", retry_after=5),
     # Something the service needs is down (the rate-limit storage): it refuses to serve.
     ErrorKind(503, "unavailable", "The service is unavailable; try again shortly.", retry_after=5),
@@ -64,6 +66,9 @@ ERRORS: tuple[ErrorKind, ...] = (
         "The service took too long to answer; try again later.",
         retry_after=5,
     ),
+    # A request line that names an HTTP version other than 1.0 or 1.1 (HTTP/2 is negotiated
+    # in TLS, never named in a request line).
+    ErrorKind(505, "http_version_not_supported", "This HTTP version is not supported."),
 )
 ERROR_CODES: dict[str, ErrorKind] = {kind.code: kind for kind in ERRORS}
 _GENERIC: dict[int, ErrorKind] = {kind.status: kind for kind in ERRORS if kind.generic}

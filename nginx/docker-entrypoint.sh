@@ -5,6 +5,7 @@
 #   M2FP_UPSTREAMS          app instances, space-separated host:port (app:8000)
 #   M2FP_LISTEN             addresses to listen on, space-separated (0.0.0.0; add [::] for IPv6)
 #   M2FP_PUBLIC_HTTPS_PORT  the HTTPS port clients use, for the redirect (443)
+#   M2FP_SERVER_NAME        the host name clients use, for the redirect (localhost)
 #   M2FP_TLS_CERT, M2FP_TLS_KEY  certificate chain and key (mounted read-only)
 #   M2FP_MAX_UPLOAD_MB      the app's upload cap (10): the body cap follows it
 #   M2FP_REAL_IP_FROM       load balancers in front of nginx, space-separated CIDRs (none)
@@ -24,6 +25,14 @@ cd "$(dirname "$0")/.."
 python3 -m nginx.render --out "$RUN_DIR/nginx.conf" --runtime-dir "$RUN_DIR" \
   --cert "$M2FP_TLS_CERT" --key "$M2FP_TLS_KEY" \
   --public-https-port "${M2FP_PUBLIC_HTTPS_PORT:-443}" \
+  --server-name "${M2FP_SERVER_NAME:-localhost}" \
   --static-root "${M2FP_STATIC_ROOT:-/opt/m2fp/static}" \
   --access-log /dev/stdout --error-log stderr "$@" >/dev/null
-exec /usr/sbin/nginx -e stderr -p "$RUN_DIR" -c "$RUN_DIR/nginx.conf" -g 'daemon off;'
+# nginx's error log goes through nginx/log_filter.py (it drops the request context nginx
+# appends: query strings, referrers) by a FIFO, so that nginx itself stays PID 1 and gets
+# docker's signals.
+rm -f "$RUN_DIR/error-log.fifo"
+mkfifo -m 600 "$RUN_DIR/error-log.fifo"
+python3 -m nginx.log_filter <"$RUN_DIR/error-log.fifo" &
+exec /usr/sbin/nginx -e stderr -p "$RUN_DIR" -c "$RUN_DIR/nginx.conf" -g 'daemon off;' \
+  2>"$RUN_DIR/error-log.fifo"

@@ -45,22 +45,31 @@ MIB = 1024 * 1024
 BODY_BUFFER_HEADROOM = 1 * MIB
 # The errors nginx answers itself, each with the app's name for its status (the generic kind in
 # http_contract.ERRORS) and any other statuses it also catches (494: nginx's own "request
-# header too large").
+# header too large"). 405 is TRACE, 501 a transfer coding other than chunked, 505 a request
+# line naming HTTP/2.0 or above: nginx refuses those while it parses the request.
 EDGE_ERRORS: tuple[tuple[int, tuple[int, ...]], ...] = (
-    (400, ()),
+    (400, (497,)),  # 497: plain HTTP sent to the HTTPS port
     (403, ()),
     (404, ()),
+    (405, ()),
     (413, ()),
     (414, ()),
     (429, ()),
     (431, (494,)),
     (500, ()),
+    (501, ()),
     (502, ()),
     (503, ()),
     (504, ()),
+    (505, ()),
 )
+# Where the error pages live: internal locations reached by URI. A named location (@name) cannot
+# serve a request whose URI failed to parse (`/%ZZ`, `/x%00`, a 20 KB address): nginx answers
+# those with its stock HTML 500 ("empty URI in redirect to named location").
+ERROR_PREFIX = "/__errors/"
 
 _RATE = re.compile(r"^\d+r/[sm]$")
+_HOSTNAME = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9.-]{0,251}[A-Za-z0-9])?$")
 _PLACEHOLDER = re.compile(r"\{\{\s*([a-z_]+)\s*\}\}")
 
 
@@ -91,6 +100,8 @@ class NginxOptions:
     https_listen: tuple[str, ...] = ("127.0.0.1:8443",)
     http_listen: tuple[str, ...] = ("127.0.0.1:8080",)
     public_https_port: int | None = None  # the port in redirects; default: the first https one
+    # The name in the HTTP-to-HTTPS redirect: the service's own, never the Host a client sent.
+    server_name: str = "localhost"
     upstreams: tuple[str, ...] = ("127.0.0.1:8000",)
     max_body_bytes: int = field(default_factory=default_max_body_bytes)
     body_buffer_bytes: int | None = None  # default: max_body_bytes + BODY_BUFFER_HEADROOM
@@ -104,9 +115,11 @@ class NginxOptions:
     edge_burst: int = 40
     parse_rate: str = "2r/s"
     parse_burst: int = 10
+    # Requests in progress per client (an IPv4 address or an IPv6 /64), and uploads among them.
+    # No cap on all clients together: a handful of slow clients would fill it for everyone.
     conns_per_client: int = 16
-    # In-flight requests in all: each may hold a body buffer, so this bounds nginx's memory.
-    conns_total: int = 64
+    uploads_per_client: int = 4
+    body_timeout_s: int = 10  # between two reads of a request body
     read_timeout_s: int = 120
     hsts_max_age: int = 63_072_000
     metrics_allow: tuple[str, ...] = ("127.0.0.1", "::1")
@@ -123,6 +136,8 @@ class NginxOptions:
             raise RenderError("--static-root must be an absolute path")
         if not self.https_listen:
             raise RenderError("at least one --https-listen address is needed")
+        if not _HOSTNAME.match(self.server_name):
+            raise RenderError(f"--server-name {self.server_name!r} is not a host name")
         if not self.upstreams:
             raise RenderError("at least one --upstream is needed")
         for address in (*self.https_listen, *self.http_listen, *self.upstreams):
@@ -138,7 +153,8 @@ class NginxOptions:
             "edge_burst",
             "parse_burst",
             "conns_per_client",
-            "conns_total",
+            "uploads_per_client",
+            "body_timeout_s",
             "worker_connections",
             "read_timeout_s",
         ):
@@ -216,7 +232,8 @@ def render(options: NginxOptions, template: str | None = None) -> str:
         "parse_rate": options.parse_rate,
         "parse_burst": str(options.parse_burst),
         "conns_per_client": str(options.conns_per_client),
-        "conns_total": str(options.conns_total),
+        "uploads_per_client": str(options.uploads_per_client),
+        "body_timeout": f"{options.body_timeout_s}s",
         "read_timeout": f"{options.read_timeout_s}s",
         "real_ip_lines": _lines(
             [f"set_real_ip_from {net};" for net in options.real_ip_from]
@@ -230,7 +247,12 @@ def render(options: NginxOptions, template: str | None = None) -> str:
         "upstream_servers": _lines(
             [f"server {u} max_fails=1 fail_timeout=10s;" for u in options.upstreams], indent=8
         ),
-        "http_server": _http_server(options.http_listen, https_port),
+        "http_server": _http_server(
+            options.http_listen,
+            options.server_name,
+            https_port,
+            errors=[*_error_pages(), *_error_locations(hsts, options.max_body_bytes)],
+        ),
         "hsts": hsts,
         "https_listen_lines": _lines([f"listen {a} ssl http2;" for a in options.https_listen], 8),
         "cert": str(options.cert),
@@ -248,19 +270,22 @@ def render(options: NginxOptions, template: str | None = None) -> str:
         ),
         "metrics_allow_lines": _lines([f"allow {n};" for n in options.metrics_allow], indent=12),
         "static_location": _static_location(options.static_root, hsts),
-        "error_pages": _lines(
-            [
-                f"error_page {' '.join(map(str, (status, *also)))} = @{_edge_error(status).code};"
-                for status, also in EDGE_ERRORS
-            ],
-            indent=8,
-        ),
-        "error_locations": _lines(
-            [_error_location(status, hsts, options.max_body_bytes) for status, _ in EDGE_ERRORS],
-            indent=8,
-        ),
+        "error_pages": _lines(_error_pages(), indent=8),
+        "error_locations": _lines(_error_locations(hsts, options.max_body_bytes), indent=8),
     }
     return _PLACEHOLDER.sub(lambda m: _lookup(values, m.group(1)), template)
+
+
+def _error_pages() -> list[str]:
+    return [
+        f"error_page {' '.join(map(str, (status, *also)))} = "
+        f"{ERROR_PREFIX}{_edge_error(status).code};"
+        for status, also in EDGE_ERRORS
+    ]
+
+
+def _error_locations(hsts: str, max_body_bytes: int) -> list[str]:
+    return [_error_location(status, hsts, max_body_bytes) for status, _ in EDGE_ERRORS]
 
 
 def _edge_error(status: int) -> ErrorKind:
@@ -287,27 +312,42 @@ def _error_location(status: int, hsts: str, max_body_bytes: int) -> str:
     limit = upload_limit_message(upload_bytes_for_body(max_body_bytes))
     message = limit if status == 413 else None
     body = [
+        "internal;",
         "types { }  # the type must not follow the extension of the URI that failed",
         "default_type application/json;",
         *_add_headers(security_headers(hsts=hsts, cache_control="no-store")),
         *([f"add_header Retry-After {kind.retry_after} always;"] if kind.retry_after else []),
         f"return {status} '{error_body(kind, message)}';",
     ]
-    return f"location @{kind.code} {{\n            " + _lines(body, indent=12) + "\n        }"
+    return (
+        f"location = {ERROR_PREFIX}{kind.code} {{\n            "
+        + _lines(body, indent=12)
+        + "\n        }"
+    )
 
 
-def _http_server(listen: Sequence[str], https_port: int) -> str:
+def _http_server(
+    listen: Sequence[str], server_name: str, https_port: int, errors: Sequence[str]
+) -> str:
+    """The plain-HTTP server: every request redirected to HTTPS, and the same JSON error pages
+    as the HTTPS server for the requests nginx refuses before that (`/%ZZ`, TRACE...)."""
     if not listen:
         return "# No plain-HTTP listener (--no-http)."
     suffix = "" if https_port == 443 else f":{https_port}"
     body = [
         *(f"listen {a};" for a in listen),
         "server_name _;",
+        *REFUSE_HTTP_0_9,
         "location / {",
-        f"    return 308 https://$host{suffix}$request_uri;",
+        f"    return 308 https://{server_name}{suffix}$request_uri;",
         "}",
+        *errors,
     ]
     return "server {\n        " + _lines(body, indent=8) + "\n    }"
+
+
+# A response to HTTP/0.9 has no status line and no headers (no HSTS, no CSP): close instead.
+REFUSE_HTTP_0_9 = ("if ($m2fp_http_0_9) {", "    return 444;", "}")
 
 
 def _static_location(static_root: Path | None, hsts: str) -> str:
@@ -371,6 +411,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--http-listen", action="append", metavar="ADDR:PORT")
     p.add_argument("--no-http", action="store_true", help="no HTTP→HTTPS redirect listener")
     p.add_argument("--public-https-port", type=int, help="port in redirects (behind NAT)")
+    p.add_argument("--server-name", default="localhost", help="host name in redirects")
     p.add_argument("--upstream", action="append", metavar="HOST:PORT", help="app instance")
     p.add_argument("--max-body-bytes", type=int, help="default: from M2FP_MAX_UPLOAD_MB")
     p.add_argument("--static-root", help="directory served at /static/, or 'none'")
@@ -383,7 +424,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--parse-rate", default="2r/s", help="parse requests per client address")
     p.add_argument("--parse-burst", type=int, default=10)
     p.add_argument("--conns-per-client", type=int, default=16)
-    p.add_argument("--conns-total", type=int, default=64)
+    p.add_argument("--uploads-per-client", type=int, default=4)
+    p.add_argument("--body-timeout", type=int, default=10, help="seconds between body reads")
     p.add_argument("--read-timeout", type=int, default=120, help="seconds to wait for the app")
     p.add_argument("--hsts-max-age", type=int, default=63_072_000)
     p.add_argument("--metrics-allow", action="append", metavar="CIDR")
@@ -408,6 +450,7 @@ def options_from_args(args: argparse.Namespace) -> NginxOptions:
         https_listen=tuple(args.https_listen or ("127.0.0.1:8443",)),
         http_listen=() if args.no_http else tuple(args.http_listen or ("127.0.0.1:8080",)),
         public_https_port=args.public_https_port,
+        server_name=args.server_name,
         upstreams=tuple(args.upstream or ("127.0.0.1:8000",)),
         static_root=static,
         access_log=args.access_log,
@@ -419,7 +462,8 @@ def options_from_args(args: argparse.Namespace) -> NginxOptions:
         parse_rate=args.parse_rate,
         parse_burst=args.parse_burst,
         conns_per_client=args.conns_per_client,
-        conns_total=args.conns_total,
+        uploads_per_client=args.uploads_per_client,
+        body_timeout_s=args.body_timeout,
         read_timeout_s=args.read_timeout,
         hsts_max_age=args.hsts_max_age,
         metrics_allow=tuple(args.metrics_allow or ("127.0.0.1", "::1")),

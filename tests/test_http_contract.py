@@ -46,8 +46,8 @@ def nginx_conf(tmp_path: Path, **options: object) -> str:
 
 
 def error_locations(conf: str) -> dict[str, str]:
-    """`location @name { ... }` blocks of the rendered nginx.conf, by name."""
-    return dict(re.findall(r"location @(\w+) \{\n(.*?)\n        \}", conf, re.S))
+    """`location = /__errors/name { ... }` blocks of the rendered nginx.conf, by name."""
+    return dict(re.findall(r"location = /__errors/(\w+) \{\n(.*?)\n        \}", conf, re.S))
 
 
 def added_headers(block: str) -> dict[str, str]:
@@ -151,7 +151,7 @@ def test_nginx_error_pages_are_the_list(tmp_path):
         kind = generic_error(status)
         assert kind is not None
         caught = " ".join(map(str, (status, *also)))
-        assert f"error_page {caught} = @{kind.code};" in conf
+        assert f"error_page {caught} = /__errors/{kind.code};" in conf
         block = locations[kind.code]
         body = re.search(rf"return {status} '(.*)';", block).group(1)
         sent = json.loads(body.replace("$request_id", "6f1c2d4e"))

@@ -36,6 +36,7 @@ from tests.support.edge import (
 from tests.support.fswatch import disk_watch
 from tests.support.paths import REPO
 from tests.support.servers import Gunicorn
+from tests.support.slow_clients import raw_exchange
 
 pytestmark = [pytest.mark.deploy, pytest.mark.slow]
 
@@ -335,3 +336,31 @@ def test_both_serve_a_parse_on_a_read_only_root(tmp_path, tls, tiny_model_dir):
     finally:
         app.stop()
     assert "Read-only file system" not in app.logs()
+
+
+# -- gunicorn's own refusals through nginx ------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("data", "status", "code"),
+    [
+        (b"GET /healthz?k=v HTTP/1.1\r\nHost: localhost\r\nX-A: a\x01b\r\n\r\n", 400,
+         "bad_request"),
+        (b"GET /\xff?a=\xfe HTTP/1.1\r\nHost: localhost\r\n\r\n", 400, "bad_request"),
+        (b"GET /healthz HTTP/1.1\r\nHost: localhost\r\n"
+         + b"".join(b"X-H%d: 1\r\n" % i for i in range(120)) + b"\r\n", 431, "headers_too_large"),
+    ],
+    ids=["control-character", "high-bytes-in-path", "too-many-headers"],
+)  # fmt: skip
+def test_requests_nginx_passes_but_gunicorn_refuses_get_json_not_html(edge, tls, data, status,
+                                                                      code):  # fmt: skip
+    """nginx forwards these; gunicorn refuses them itself, before the app. Stock gunicorn
+    answered HTML quoting the request line, which nginx passed on."""
+    response = raw_exchange(edge.https_port, data, ca=tls.ca)
+    assert_json_error(
+        response.status, response.headers, response.body, expected_status=status, code=code
+    )
+    assert b"<html" not in response.body
+    # the answer carries nginx's request id: it joins nginx's access log line
+    entry = edge.access_entry(response.headers["X-Request-ID"])
+    assert entry is not None and entry["status"] == status
