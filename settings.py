@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from m2fp import device as device_rules
+from security.client_address import DEFAULT_PROXY_NETWORKS, TrustedProxies
 
 PREFIX = "M2FP_"
 DEFAULT_MODEL_DIR = Path("models/cv_resnet101_image-multiple-human-parsing")
@@ -54,7 +55,11 @@ class Settings:
     ban_seconds: int = 3600
     api_keys_file: Path | None = None
     api_keys_required: bool = False
+    # X-Forwarded-For is read (at most this many entries) only from a peer in these networks
+    # (None, `auto`: loopback and the Unix socket): security/client_address.py
     trusted_proxies: int = 0
+    trusted_proxy_networks: tuple[str, ...] | None = None
+    ipv6_client_prefix: int = 64  # an IPv6 client is its /64 for limits and bans
     cors_origins: tuple[str, ...] = ()
     # Observability
     audit_client: str = "truncated"  # full | truncated | hash
@@ -76,6 +81,13 @@ class Settings:
     @property
     def max_upload_bytes(self) -> int:
         return int(self.max_upload_mb * 1024 * 1024)
+
+    def proxies(self) -> TrustedProxies:
+        """The proxies whose X-Forwarded-For is believed (none with M2FP_TRUSTED_PROXIES=0)."""
+        networks = self.trusted_proxy_networks
+        return TrustedProxies.parse(
+            DEFAULT_PROXY_NETWORKS if networks is None else networks, hops=self.trusted_proxies
+        )
 
     @classmethod
     def from_env(
@@ -116,6 +128,17 @@ class Settings:
             raise SettingsError("M2FP_DECODE_MEMORY_MB must be positive (or auto)")
         if self.trusted_proxies < 0:
             raise SettingsError("M2FP_TRUSTED_PROXIES must be 0 or more")
+        if self.trusted_proxy_networks is not None and not self.trusted_proxies:
+            raise SettingsError(
+                "M2FP_TRUSTED_PROXY_NETWORKS is set but M2FP_TRUSTED_PROXIES is 0: set how many"
+                " proxies append to X-Forwarded-For (1 for nginx)"
+            )
+        try:
+            self.proxies()
+        except ValueError as exc:
+            raise SettingsError(f"M2FP_TRUSTED_PROXY_NETWORKS: {exc}") from None
+        if not 1 <= self.ipv6_client_prefix <= 128:
+            raise SettingsError("M2FP_IPV6_CLIENT_PREFIX must be between 1 and 128")
         if not 0 < self.memory_shed_fraction <= 1:
             raise SettingsError("M2FP_MEMORY_SHED_FRACTION must be in (0, 1]")
         if self.weights_sha256 is not None:
