@@ -16,10 +16,12 @@ from pathlib import Path
 from typing import Any
 
 from m2fp import device as device_rules
-from security.client_address import DEFAULT_PROXY_NETWORKS, TrustedProxies
 
 PREFIX = "M2FP_"
 DEFAULT_MODEL_DIR = Path("models/cv_resnet101_image-multiple-human-parsing")
+# M2FP_TRUSTED_PROXY_NETWORKS=auto: nginx on this machine, over loopback or gunicorn's Unix
+# socket ("unix": a peer with no address); security/client_address.py reads them.
+DEFAULT_PROXY_NETWORKS = ("127.0.0.1/32", "::1/128", "unix")
 
 
 class SettingsError(ValueError):
@@ -82,12 +84,11 @@ class Settings:
     def max_upload_bytes(self) -> int:
         return int(self.max_upload_mb * 1024 * 1024)
 
-    def proxies(self) -> TrustedProxies:
-        """The proxies whose X-Forwarded-For is believed (none with M2FP_TRUSTED_PROXIES=0)."""
+    @property
+    def proxy_networks(self) -> tuple[str, ...]:
+        """M2FP_TRUSTED_PROXY_NETWORKS, `auto` worked out."""
         networks = self.trusted_proxy_networks
-        return TrustedProxies.parse(
-            DEFAULT_PROXY_NETWORKS if networks is None else networks, hops=self.trusted_proxies
-        )
+        return DEFAULT_PROXY_NETWORKS if networks is None else networks
 
     @classmethod
     def from_env(
@@ -133,10 +134,12 @@ class Settings:
                 "M2FP_TRUSTED_PROXY_NETWORKS is set but M2FP_TRUSTED_PROXIES is 0: set how many"
                 " proxies append to X-Forwarded-For (1 for nginx)"
             )
-        try:
-            self.proxies()
-        except ValueError as exc:
-            raise SettingsError(f"M2FP_TRUSTED_PROXY_NETWORKS: {exc}") from None
+        for network in self.proxy_networks:
+            try:
+                if network != "unix":
+                    ipaddress.ip_network(network, strict=False)
+            except ValueError as exc:
+                raise SettingsError(f"M2FP_TRUSTED_PROXY_NETWORKS: {exc}") from None
         if not 1 <= self.ipv6_client_prefix <= 128:
             raise SettingsError("M2FP_IPV6_CLIENT_PREFIX must be between 1 and 128")
         if not 0 < self.memory_shed_fraction <= 1:
@@ -181,4 +184,4 @@ def _parse(name: str, annotation: Any, raw: str) -> Any:
         raise SettingsError(f"{name}={raw!r}: {exc}") from None
 
 
-__all__ = ["DEFAULT_MODEL_DIR", "Settings", "SettingsError"]
+__all__ = ["DEFAULT_MODEL_DIR", "DEFAULT_PROXY_NETWORKS", "Settings", "SettingsError"]

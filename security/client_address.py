@@ -26,13 +26,15 @@ import ipaddress
 import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from settings import Settings
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 UNIX = "unix"  # the name of the Unix-socket peer among the trusted networks
-DEFAULT_PROXY_NETWORKS = ("127.0.0.1/32", "::1/128", UNIX)
 UNKNOWN = "unknown"
 PEER_ENVIRON_KEY = "m2fp.peer_addr"  # the TCP peer, before the walk replaced REMOTE_ADDR
 # "[" + the longest IPv6 text with an embedded IPv4 and a zone + "]:65535", with room to spare
@@ -119,6 +121,11 @@ class TrustedProxies:
                 raise ValueError(f"{entry!r} is not a network, an address or 'unix'") from None
         return cls(tuple(parsed), unix, hops)
 
+    @classmethod
+    def from_settings(cls, settings: Settings) -> TrustedProxies:
+        """From `settings.Settings` (its networks checked when it was made)."""
+        return cls.parse(settings.proxy_networks, hops=settings.trusted_proxies)
+
     def contains(self, ip: IPAddress) -> bool:
         return any(ip in network for network in self.networks)
 
@@ -180,7 +187,6 @@ class ClientAddressMiddleware:
 
 
 __all__ = [
-    "DEFAULT_PROXY_NETWORKS",
     "PEER_ENVIRON_KEY",
     "UNIX",
     "UNKNOWN",

@@ -14,7 +14,7 @@ from flask import Flask, request
 from flask.wrappers import Response
 
 from security import audit, headers
-from security.client_address import ClientAddressMiddleware
+from security.client_address import ClientAddressMiddleware, TrustedProxies
 from security.uploads import UploadPolicy
 from settings import Settings
 from web import context, errors, gate, request_record
@@ -51,7 +51,7 @@ def init_app(app: Flask, settings: Settings, *, engine: Any = None, model: Any =
     # remote_addr is the client (X-Forwarded-For believed only from the trusted proxy
     # networks), normalised, for the gate, the audit log and the /metrics allow list alike.
     app.wsgi_app = ClientAddressMiddleware(  # type: ignore[method-assign]
-        app.wsgi_app, settings.proxies()
+        app.wsgi_app, TrustedProxies.from_settings(settings)
     )
     context.init_app(app)
     # after_request hooks run in reverse order: the audit line, registered first, comes last.
