@@ -195,3 +195,13 @@ def test_middleware_ignores_forwarded_headers_from_others_and_unmaps_the_peer():
     )
     assert seen["REMOTE_ADDR"] == "203.0.113.9"
     assert seen["wsgi.url_scheme"] == "http"
+
+
+def test_the_settings_default_is_loopback_and_the_unix_socket_and_off_without_hops():
+    from settings import Settings
+
+    auto = TrustedProxies.from_settings(Settings(trusted_proxies=1))
+    assert auto == TrustedProxies.parse(["127.0.0.1/32", "::1/128", "unix"], hops=1)
+    assert TrustedProxies.from_settings(Settings()).client("127.0.0.1", "198.51.100.7") == (
+        "127.0.0.1"
+    )
