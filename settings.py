@@ -19,6 +19,9 @@ from m2fp import device as device_rules
 
 PREFIX = "M2FP_"
 DEFAULT_MODEL_DIR = Path("models/cv_resnet101_image-multiple-human-parsing")
+# M2FP_TRUSTED_PROXY_NETWORKS=auto: nginx on this machine, over loopback or gunicorn's Unix
+# socket ("unix": a peer with no address); security/client_address.py reads them.
+DEFAULT_PROXY_NETWORKS = ("127.0.0.1/32", "::1/128", "unix")
 
 
 class SettingsError(ValueError):
@@ -54,7 +57,11 @@ class Settings:
     ban_seconds: int = 3600
     api_keys_file: Path | None = None
     api_keys_required: bool = False
+    # X-Forwarded-For is read (at most this many entries) only from a peer in these networks
+    # (None, `auto`: loopback and the Unix socket): security/client_address.py
     trusted_proxies: int = 0
+    trusted_proxy_networks: tuple[str, ...] | None = None
+    ipv6_client_prefix: int = 64  # an IPv6 client is its /64 for limits and bans
     cors_origins: tuple[str, ...] = ()
     # Observability
     audit_client: str = "truncated"  # full | truncated | hash
@@ -76,6 +83,12 @@ class Settings:
     @property
     def max_upload_bytes(self) -> int:
         return int(self.max_upload_mb * 1024 * 1024)
+
+    @property
+    def proxy_networks(self) -> tuple[str, ...]:
+        """M2FP_TRUSTED_PROXY_NETWORKS, `auto` worked out."""
+        networks = self.trusted_proxy_networks
+        return DEFAULT_PROXY_NETWORKS if networks is None else networks
 
     @classmethod
     def from_env(
@@ -116,6 +129,19 @@ class Settings:
             raise SettingsError("M2FP_DECODE_MEMORY_MB must be positive (or auto)")
         if self.trusted_proxies < 0:
             raise SettingsError("M2FP_TRUSTED_PROXIES must be 0 or more")
+        if self.trusted_proxy_networks is not None and not self.trusted_proxies:
+            raise SettingsError(
+                "M2FP_TRUSTED_PROXY_NETWORKS is set but M2FP_TRUSTED_PROXIES is 0: set how many"
+                " proxies append to X-Forwarded-For (1 for nginx)"
+            )
+        for network in self.proxy_networks:
+            try:
+                if network != "unix":
+                    ipaddress.ip_network(network, strict=False)
+            except ValueError as exc:
+                raise SettingsError(f"M2FP_TRUSTED_PROXY_NETWORKS: {exc}") from None
+        if not 1 <= self.ipv6_client_prefix <= 128:
+            raise SettingsError("M2FP_IPV6_CLIENT_PREFIX must be between 1 and 128")
         if not 0 < self.memory_shed_fraction <= 1:
             raise SettingsError("M2FP_MEMORY_SHED_FRACTION must be in (0, 1]")
         if self.weights_sha256 is not None:
@@ -158,4 +184,4 @@ def _parse(name: str, annotation: Any, raw: str) -> Any:
         raise SettingsError(f"{name}={raw!r}: {exc}") from None
 
 
-__all__ = ["DEFAULT_MODEL_DIR", "Settings", "SettingsError"]
+__all__ = ["DEFAULT_MODEL_DIR", "DEFAULT_PROXY_NETWORKS", "Settings", "SettingsError"]

@@ -2,9 +2,12 @@
 hooks and flask-limiter are wired in `web.gate`).
 
 Who a request is (`Identity`): the API key's id when the client presents a valid key, else the
-client address (IPv6 by /64, the block one host usually owns). The address is `remote_addr`
-after `ProxyFix` has taken exactly `M2FP_TRUSTED_PROXIES` hops of X-Forwarded-For, so behind
-nginx each client is itself and not nginx, and a client cannot forge its way past the proxies.
+client address, normalised (ports dropped, IPv4-mapped IPv6 unmapped, IPv6 by its
+M2FP_IPV6_CLIENT_PREFIX network, the block one host usually owns; what is no address is
+"unknown", never a bucket of its own). The address is `remote_addr` as
+`security.client_address` resolved it: X-Forwarded-For only from a peer in the trusted proxy
+networks, so behind nginx each client is itself and not nginx, and whoever reaches the app's
+port directly is only itself, whatever header it sends.
 
 - API keys: `Authorization: Bearer <key>` or `X-API-Key: <key>`, looked up in the hashed keys
   file (`security.api_keys`). With M2FP_API_KEYS_REQUIRED no key → 401; an unknown key → 403.
@@ -19,7 +22,6 @@ by every worker and machine). An unreachable storage fails closed: 503, never un
 
 from __future__ import annotations
 
-import ipaddress
 import logging
 import math
 import time
@@ -31,25 +33,17 @@ from typing import Any
 from limits import parse_many
 from limits.storage import Storage
 
+from security.client_address import client_key
 from security.errors import BadRequest, Banned, Forbidden, Unauthorized
 from settings import Settings, SettingsError
 
 log = logging.getLogger("security.abuse")
 
 
-def client_bucket(address: str | None) -> str:
-    """The rate-limit subject for a client address: IPv4 as is, IPv6 by its /64."""
-    if not address:
-        return "unknown"
-    try:
-        ip = ipaddress.ip_address(address)
-    except ValueError:
-        return address[:64]
-    if ip.version == 4:
-        return str(ip)
-    if ip.ipv4_mapped is not None:  # ::ffff:a.b.c.d is the IPv4 client a.b.c.d
-        return str(ip.ipv4_mapped)
-    return str(ipaddress.ip_network(f"{ip}/64", strict=False))
+def client_bucket(address: str | None, ipv6_prefix: int = 64) -> str:
+    """The rate-limit subject for a client address: IPv4 as is, IPv6 by its `/ipv6_prefix`,
+    "unknown" for what is no address (`security.client_address.client_key`)."""
+    return client_key(address, ipv6_prefix)
 
 
 def presented_key(headers: Mapping[str, str]) -> str | None:
@@ -77,7 +71,7 @@ def presented_key(headers: Mapping[str, str]) -> str | None:
 
 @dataclass(frozen=True)
 class Identity:
-    subject: str  # "key:<id>" or "ip:<address or /64>": the rate-limit and ban bucket
+    subject: str  # "key:<id>" or "ip:<IPv4 address or IPv6 network>": the rate-limit and ban bucket
     limit: str  # the rate limit of this subject
     api_key_id: str | None = None
 
@@ -85,10 +79,18 @@ class Identity:
 class Gatekeeper:
     """Decides who a request is: API key lookup, or the client address."""
 
-    def __init__(self, *, default_limit: str, keys: Any = None, keys_required: bool = False):
+    def __init__(
+        self,
+        *,
+        default_limit: str,
+        keys: Any = None,
+        keys_required: bool = False,
+        ipv6_prefix: int = 64,
+    ):
         self.default_limit = default_limit
         self.keys = keys  # security.api_keys.ApiKeyStore or None
         self.keys_required = keys_required
+        self.ipv6_prefix = ipv6_prefix  # an IPv6 client is its network of this prefix
 
     def identify(self, headers: Mapping[str, str], address: str | None) -> Identity:
         """Raises Unauthorized (no key but one is required), Forbidden (unknown key)."""
@@ -98,13 +100,16 @@ class Gatekeeper:
                 raise Unauthorized(
                     "An API key is required: send 'Authorization: Bearer <key>' or 'X-API-Key'."
                 )
-            return Identity(f"ip:{client_bucket(address)}", self.default_limit)
+            return self._by_address(address)
         if self.keys is None:  # no keys file: keys mean nothing, the address counts
-            return Identity(f"ip:{client_bucket(address)}", self.default_limit)
+            return self._by_address(address)
         found = self.keys.lookup(key)  # constant time; over-long values are no key
         if found is None:
             raise Forbidden("This API key is not valid.")
         return Identity(f"key:{found.id}", found.limit or self.default_limit, found.id)
+
+    def _by_address(self, address: str | None) -> Identity:
+        return Identity(f"ip:{client_bucket(address, self.ipv6_prefix)}", self.default_limit)
 
 
 class BanList:

@@ -3,8 +3,9 @@
 Fields: time, request_id, client, api_key (the key's id), method, path (never the query
 string), status, bytes_in, image ({width, height} before the working-copy downscale), persons,
 latency_ms, outcome ("ok" or the error code). Never image content, file names, key material or
-query strings. The client address is written `full`, `truncated` (IPv4 /24, IPv6 /48) or as a
-keyed `hash` (HMAC-SHA256 with M2FP_AUDIT_HASH_KEY, 16 hex digits), per M2FP_AUDIT_CLIENT.
+query strings. The client address (normalised: no port, IPv4-mapped IPv6 unmapped) is written
+`full`, `truncated` (IPv4 /24, IPv6 /48) or as a keyed `hash` (HMAC-SHA256 with
+M2FP_AUDIT_HASH_KEY, 16 hex digits), per M2FP_AUDIT_CLIENT.
 
 Nothing here knows Flask or the web package: `web.request_record` hands `AuditLog.emit` the
 fields of each request's record once the response is final.
@@ -22,22 +23,25 @@ import sys
 from datetime import UTC, datetime
 from typing import Any, TextIO
 
+from security.client_address import parse_address
+
 LOGGER_NAME = "m2fp.audit"
 _MAX_PATH = 200
 
 
 def client_label(address: str | None, mode: str, hash_key: bytes) -> str | None:
-    """The client address as the audit log writes it (`mode`: full | truncated | hash)."""
+    """The client address as the audit log writes it (`mode`: full | truncated | hash),
+    normalised first (`::ffff:203.0.113.7` and `203.0.113.7:5555` are `203.0.113.7`); what is
+    no address is "unknown"."""
     if not address:
         return None
-    if mode == "full":
-        return address
-    if mode == "hash":
-        return hmac.new(hash_key, address.encode(), hashlib.sha256).hexdigest()[:16]
-    try:
-        ip = ipaddress.ip_address(address)
-    except ValueError:
+    ip = parse_address(address)
+    if ip is None:
         return "unknown"
+    if mode == "full":
+        return str(ip)
+    if mode == "hash":
+        return hmac.new(hash_key, str(ip).encode(), hashlib.sha256).hexdigest()[:16]
     prefix = 24 if ip.version == 4 else 48
     return str(ipaddress.ip_network(f"{ip}/{prefix}", strict=False).network_address)
 

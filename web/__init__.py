@@ -12,9 +12,9 @@ from typing import Any
 
 from flask import Flask, request
 from flask.wrappers import Response
-from werkzeug.middleware.proxy_fix import ProxyFix
 
 from security import audit, headers
+from security.client_address import ClientAddressMiddleware, TrustedProxies
 from security.uploads import UploadPolicy
 from settings import Settings
 from web import context, errors, gate, request_record
@@ -48,10 +48,11 @@ def init_app(app: Flask, settings: Settings, *, engine: Any = None, model: Any =
 
     configure_logging()
     app.config.from_mapping(context.flask_config(settings))
-    if settings.trusted_proxies:
-        app.wsgi_app = ProxyFix(  # type: ignore[method-assign]
-            app.wsgi_app, x_for=settings.trusted_proxies, x_proto=settings.trusted_proxies
-        )
+    # remote_addr is the client (X-Forwarded-For believed only from the trusted proxy
+    # networks), normalised, for the gate, the audit log and the /metrics allow list alike.
+    app.wsgi_app = ClientAddressMiddleware(  # type: ignore[method-assign]
+        app.wsgi_app, TrustedProxies.from_settings(settings)
+    )
     context.init_app(app)
     # after_request hooks run in reverse order: the audit line, registered first, comes last.
     request_record.init_app(

@@ -54,6 +54,7 @@ def init_app(app: Flask, settings: Settings, *, endpoints: tuple[str, ...]) -> A
             default_limit=settings.rate_limit,
             keys=keys,
             keys_required=settings.api_keys_required,
+            ipv6_prefix=settings.ipv6_client_prefix,
         ),
         BanList(
             limiter.storage,

@@ -3,6 +3,7 @@ ban list on a real redis-server."""
 
 from __future__ import annotations
 
+import http.client
 import io
 import json
 import time
@@ -14,7 +15,7 @@ from security.abuse import BanList, client_bucket, presented_key
 from security.api_keys import hash_key, new_key
 from security.errors import BadRequest
 from tests.support import images
-from tests.support.servers import RedisServer
+from tests.support.servers import Gunicorn, RedisServer
 
 PARSE = "/api/v1/parse"
 EXEMPT = [
@@ -281,3 +282,156 @@ def test_unreachable_storage_fails_closed(make_app, redis_server):
     assert r.status_code == 503, r.get_data(as_text=True)
     assert r.get_json()["error"]["code"] == "unavailable"
     assert client.get("/readyz").status_code == 503
+
+
+# --- the client address: only our proxies are believed, one client is one key -----------------
+
+NGINX = {"REMOTE_ADDR": "127.0.0.1"}  # the edge, on the default trusted network
+STRANGER = {"REMOTE_ADDR": "203.0.113.9"}  # someone who reaches the app's port directly
+
+
+def forwarded(address: str) -> dict[str, str]:
+    return {"X-Forwarded-For": address}
+
+
+def test_a_stranger_cannot_dodge_the_limit_by_rotating_x_forwarded_for(make_app):
+    client = make_app(rate_limit="2 per minute", trusted_proxies=1).test_client()
+    statuses = [
+        parse(client, headers=forwarded(f"198.51.100.{n}"), environ_base=STRANGER).status_code
+        for n in range(4)
+    ]
+    assert statuses == [200, 200, 429, 429]
+    # The edge's clients are told apart as before.
+    assert parse(client, headers=forwarded("198.51.100.1"), environ_base=NGINX).status_code == 200
+
+
+def test_a_stranger_cannot_get_someone_else_banned(make_app):
+    client = make_app(rate_limit="100 per minute", trusted_proxies=1, ban_after=2).test_client()
+    victim = forwarded("198.51.100.7")
+    for _ in range(2):
+        assert parse(client, images.TEXT, headers=victim, environ_base=STRANGER).status_code == 415
+    banned = parse(client, headers=victim, environ_base=STRANGER)
+    assert banned.get_json()["error"]["code"] == "temporarily_banned"  # the sender itself
+    assert parse(client, headers=victim, environ_base=NGINX).status_code == 200
+
+
+def test_trusted_networks_are_configurable(make_app):
+    client = make_app(
+        rate_limit="1 per minute", trusted_proxies=1, trusted_proxy_networks=("10.0.0.5/32",)
+    ).test_client()
+    edge = {"REMOTE_ADDR": "10.0.0.5"}
+    assert parse(client, headers=forwarded("198.51.100.1"), environ_base=edge).status_code == 200
+    assert parse(client, headers=forwarded("198.51.100.2"), environ_base=edge).status_code == 200
+    # Loopback is no longer a proxy of ours: its header is ignored, it is one client.
+    assert parse(client, headers=forwarded("198.51.100.3"), environ_base=NGINX).status_code == 200
+    assert parse(client, headers=forwarded("198.51.100.4"), environ_base=NGINX).status_code == 429
+
+
+@pytest.mark.parametrize(
+    ("trusted", "forms"),
+    [
+        (1, [("127.0.0.1", "198.51.100.7:5555"), ("127.0.0.1", "::ffff:198.51.100.7")]),
+        (1, [("::ffff:198.51.100.7", None), ("198.51.100.7", None)]),
+        (0, [("::ffff:198.51.100.7", None), ("198.51.100.7", None)]),
+        (1, [("127.0.0.1", "[2001:db8:1:2::1]:443"), ("2001:db8:1:2:ffff::9", None)]),
+    ],
+)
+def test_ports_mapped_forms_and_one_ipv6_64_are_one_client(make_app, trusted, forms):
+    client = make_app(rate_limit="2 per minute", trusted_proxies=trusted).test_client()
+    statuses = []
+    for peer, header in forms + forms[:1]:
+        headers = forwarded(header) if header else {}
+        r = parse(client, headers=headers, environ_base={"REMOTE_ADDR": peer})
+        statuses.append(r.status_code)
+    assert statuses == [200, 200, 429]
+
+
+def test_the_ipv6_prefix_of_one_client_is_configurable(make_app):
+    client = make_app(rate_limit="1 per minute", ipv6_client_prefix=56).test_client()
+    assert parse(client, environ_base={"REMOTE_ADDR": "2001:db8:1:2::1"}).status_code == 200
+    assert parse(client, environ_base={"REMOTE_ADDR": "2001:db8:1:3::1"}).status_code == 429
+    assert parse(client, environ_base={"REMOTE_ADDR": "2001:db8:2::1"}).status_code == 200
+
+
+def test_garbage_in_x_forwarded_for_is_never_a_new_bucket(make_app):
+    client = make_app(rate_limit="2 per minute", trusted_proxies=1).test_client()
+    statuses = [
+        parse(client, headers=forwarded(junk), environ_base=NGINX).status_code
+        for junk in ("unknown", "not-an-ip-1", "203.0.113.7:port", "_hidden")
+    ]
+    assert statuses == [200, 200, 429, 429]  # all counted as the proxy itself
+
+
+def test_client_bucket_normalises_every_form():
+    assert client_bucket("192.0.2.7:5555") == client_bucket("[::ffff:192.0.2.7]:80") == "192.0.2.7"
+    assert client_bucket("not an address") == client_bucket("") == "unknown"
+    assert client_bucket("2001:db8:1:2::1", ipv6_prefix=48) == "2001:db8:1::/48"
+
+
+def test_proxy_settings_are_checked():
+    from settings import Settings, SettingsError
+
+    env = {"M2FP_TRUSTED_PROXIES": "1", "M2FP_TRUSTED_PROXY_NETWORKS": "10.0.0.5, unix"}
+    assert Settings.from_env(env).trusted_proxy_networks == ("10.0.0.5", "unix")
+    assert Settings.from_env({}).trusted_proxy_networks is None  # auto: loopback, Unix socket
+    for bad in (
+        {"M2FP_TRUSTED_PROXY_NETWORKS": "10.0.0.5"},  # networks without proxies: a mistake
+        {"M2FP_TRUSTED_PROXIES": "1", "M2FP_TRUSTED_PROXY_NETWORKS": "nginx"},
+        {"M2FP_IPV6_CLIENT_PREFIX": "0"},
+        {"M2FP_IPV6_CLIENT_PREFIX": "129"},
+    ):
+        with pytest.raises(SettingsError):
+            Settings.from_env(bad)
+
+
+@pytest.mark.deploy
+@pytest.mark.slow
+def test_over_gunicorn_only_the_edges_forwarded_header_is_believed(tiny_model_dir):
+    """Real gunicorn on 127.0.0.1; the edge is 127.0.0.1, strangers come from other loopback
+    addresses straight to the app's port with forged X-Forwarded-For headers."""
+    server = Gunicorn(
+        {
+            "M2FP_MODEL_DIR": str(tiny_model_dir),
+            "M2FP_TRUSTED_PROXIES": "1",
+            "M2FP_TRUSTED_PROXY_NETWORKS": "127.0.0.1/32",
+            "M2FP_AUDIT_CLIENT": "full",
+            "M2FP_RATE_LIMIT": "2 per minute",
+            "M2FP_BAN_AFTER": "2",
+        }
+    )
+
+    def post(source: str, body: bytes, header: str | None) -> tuple[int, str, dict]:
+        conn = http.client.HTTPConnection("127.0.0.1", server.port, 30, (source, 0))
+        headers = {"Content-Type": "image/png", **(forwarded(header) if header else {})}
+        try:
+            conn.request("POST", PARSE + "?output=json", body=body, headers=headers)
+            answer = conn.getresponse()
+            payload = json.loads(answer.read())
+        finally:
+            conn.close()
+        code = payload["error"]["code"] if "error" in payload else "ok"
+        return answer.status, code, dict(answer.getheaders())
+
+    png = images.png()
+    try:
+        # Rotating the header does not make new clients.
+        rotated = [post("127.0.0.9", png, f"198.51.100.{n}")[:2] for n in range(3)]
+        assert rotated == [(200, "ok"), (200, "ok"), (429, "rate_limited")]
+        # Blaming a victim bans the sender, not the victim.
+        for _ in range(2):
+            assert post("127.0.0.10", images.TEXT, "198.51.100.7")[0] == 415
+        assert post("127.0.0.10", png, "198.51.100.7")[:2] == (429, "temporarily_banned")
+        # Through the edge the victim is served; its port and mapped forms are one client.
+        victim = [
+            post("127.0.0.1", png, form)
+            for form in ("198.51.100.7:5555", "::ffff:198.51.100.7", "198.51.100.7")
+        ]
+        assert [status for status, _, _ in victim] == [200, 200, 429]
+        ids = {headers["X-Request-ID"] for _, _, headers in victim}
+        deadline = time.monotonic() + 5  # the audit line follows the response
+        while len(lines := [e for e in server.audit() if e["request_id"] in ids]) < len(ids):
+            assert time.monotonic() < deadline, "audit lines missing"
+            time.sleep(0.05)
+        assert {line["client"] for line in lines} == {"198.51.100.7"}
+    finally:
+        server.stop()

@@ -165,3 +165,36 @@ def test_no_upload_bytes_file_names_or_queries_in_any_log(make_app, capfd, caplo
     assert len(audit_lines(out)) == len(sends)
     for needle in (canary, canary.lower(), encoded[100:140], "holiday"):
         assert needle not in logged
+
+
+@pytest.mark.parametrize(
+    ("mode", "expected"),
+    [("full", "203.0.113.7"), ("truncated", "203.0.113.0")],
+)
+def test_an_ipv4_mapped_client_is_audited_as_its_ipv4_address(make_app, capsys, mode, expected):
+    """A dual-stack listener sees IPv4 clients as ::ffff:a.b.c.d; truncated, that was `::`."""
+    client = make_app(audit_client=mode).test_client()
+    capsys.readouterr()
+    client.get("/healthz", environ_base={"REMOTE_ADDR": "::ffff:203.0.113.7"})
+    assert audit_lines(capsys.readouterr().out)[0]["client"] == expected
+
+
+def test_the_audited_client_is_the_one_the_trusted_proxy_names(make_app, capsys):
+    client = make_app(audit_client="full", trusted_proxies=1).test_client()
+    capsys.readouterr()
+    via_edge = {"REMOTE_ADDR": "127.0.0.1"}
+    client.get("/healthz", headers={"X-Forwarded-For": "[2001:db8::7]:443"}, environ_base=via_edge)
+    client.get("/healthz", headers={"X-Forwarded-For": "garbage"}, environ_base=via_edge)
+    stranger = {"REMOTE_ADDR": "203.0.113.9"}
+    client.get("/healthz", headers={"X-Forwarded-For": "198.51.100.1"}, environ_base=stranger)
+    clients = [line["client"] for line in audit_lines(capsys.readouterr().out)]
+    assert clients == ["2001:db8::7", "127.0.0.1", "203.0.113.9"]
+
+
+def test_client_label_normalises_before_it_truncates_or_hashes():
+    assert client_label("::ffff:203.0.113.7", "truncated", b"") == "203.0.113.0"
+    assert client_label("[::ffff:203.0.113.7]:443", "full", b"") == "203.0.113.7"
+    assert client_label("203.0.113.7:5555", "hash", b"k") == client_label(
+        "203.0.113.7", "hash", b"k"
+    )
+    assert client_label("not an address", "full", b"") == "unknown"

@@ -109,7 +109,13 @@ def test_gunicorn_settings():
         "bind",
     ):
         assert name in known, name  # a misspelt setting would be silently ignored
-    assert settings["worker_class"] == "gthread"
+    # gthread, with request heads read on the main loop (gunicorn_worker.py)
+    assert settings["worker_class"] == "gunicorn_worker.DeadlineThreadWorker"
+    from gunicorn.workers.gthread import ThreadWorker
+
+    from gunicorn_worker import DeadlineThreadWorker
+
+    assert issubclass(DeadlineThreadWorker, ThreadWorker)
     assert settings["worker_tmp_dir"] == "/dev/shm"
     assert settings["preload_app"] is False
     assert settings["control_socket_disable"] is True
