@@ -37,6 +37,7 @@ def parse() -> Response:
     started = time.perf_counter()
     decoded = service.decode(upload, record.identity)
     record.image_size = decoded.original_size
+    record.trailer_bytes = decoded.trailer_bytes
     decoded_at = time.perf_counter()
     result, queued = service.infer(decoded.pixels)
     record.persons = len(result.persons)
