@@ -49,6 +49,9 @@ class Settings:
     max_side: int = 1920
     decode_slots: int | None = None  # None (`auto`): the CPUs this process may use
     decode_memory_mb: float | None = None  # None (`auto`): a quarter of the memory limit
+    # Bytes after the image (motion-photo videos, phone trailers): dropped undecoded (true) or
+    # refused with 415 (false). docs/uploads.md, "Data after the image".
+    allow_trailing_data: bool = True
     # Abuse control
     rate_limit: str = "5 per minute"
     ratelimit_storage: str = "memory://"

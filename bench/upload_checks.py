@@ -67,7 +67,10 @@ def _cases() -> dict[str, Callable[[], tuple[bytes, UploadPolicy]]]:
         "JPEG bomb 60000x60000": lambda: (samples.jpeg_bomb(), default),
         "WebP bomb 16384x16384 (VP8L)": lambda: (samples.webp_lossless_bomb(), default),
         "WebP bomb 100000x100000 (VP8X)": lambda: (samples.webp_canvas_bomb(), default),
-        "JPEG+ZIP polyglot (12 MP)": lambda: (photo() + samples.zip_archive(), default),
+        "JPEG+ZIP polyglot (12 MP), strict": lambda: (
+            photo() + samples.zip_archive(),
+            UploadPolicy(allow_trailing_data=False),
+        ),
         "truncated JPEG (12 MP, half)": lambda: (photo()[: len(photo()) // 2], default),
         "JPEG 12 MP -> 1920 (DCT scaling)": lambda: (photo(), default),
         "JPEG 12 MP -> 1920, no DCT scaling": lambda: (photo(), default),

@@ -2,8 +2,10 @@
 
 Fields: time, request_id, client, api_key (the key's id), method, path (never the query
 string), status, bytes_in, image ({width, height} before the working-copy downscale), persons,
-latency_ms, outcome ("ok" or the error code). Never image content, file names, key material or
-query strings. The client address (normalised: no port, IPv4-mapped IPv6 unmapped) is written
+latency_ms, outcome ("ok" or the error code), trailer_bytes (bytes after the image that were
+dropped undecoded, such as a motion photo's video: 0 for none, null when no image was decoded).
+Never image content, file names, key material or query strings. The client address
+(normalised: no port, IPv4-mapped IPv6 unmapped) is written
 `full`, `truncated` (IPv4 /24, IPv6 /48) or as a keyed `hash` (HMAC-SHA256 with
 M2FP_AUDIT_HASH_KEY, 16 hex digits), per M2FP_AUDIT_CLIENT.
 
@@ -101,6 +103,7 @@ class AuditLog:
         image_size: tuple[int, int] | None = None,
         persons: int | None = None,
         outcome: str = "ok",
+        trailer_bytes: int | None = None,
     ) -> dict[str, Any]:
         record = {
             "time": datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z"),
@@ -115,6 +118,7 @@ class AuditLog:
             "persons": persons,
             "latency_ms": round(latency_s * 1000.0, 1),
             "outcome": outcome,
+            "trailer_bytes": trailer_bytes,
         }
         self._logger.info(json.dumps(record, separators=(",", ":"), ensure_ascii=True))
         return record

@@ -3,8 +3,9 @@
 `walk(data, mime)` follows the structure from the first byte to the end of the image and
 returns where the image ends and the size its header declares. It never decompresses anything,
 so it runs in microseconds to a few milliseconds on a 10 MB file and allocates nothing in
-proportion to the declared pixel count. `security.uploads` uses it to refuse bytes appended
-after the image (polyglots) and header bombs before any decoder runs.
+proportion to the declared pixel count. `security.uploads` uses it to hand the decoder only the
+image (bytes appended after it, such as a motion photo's video, reach no decoder; the strict
+policy refuses them) and to refuse header bombs before any decoder runs.
 
 - JPEG (ITU-T T.81 Annex B): markers and length-prefixed segments from SOI; each SOS is followed
   through its entropy-coded data (where 0xFF is only ever followed by 0x00 stuffing or a restart
@@ -50,7 +51,7 @@ MAX_CHUNKS = 20_000
 
 @dataclass(frozen=True)
 class Layout:
-    end: int  # offset just past the image; the bytes after it should be nothing (or zeros)
+    end: int  # offset just past the image: what a decoder is handed is data[:end]
     width: int  # as the header declares it (before EXIF orientation)
     height: int
     channels: int = 3  # samples per pixel as decoded (a palette index counts as 1)

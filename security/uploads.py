@@ -15,12 +15,16 @@ What an upload has to pass, in this order (cheapest first, nothing decoded befor
 3. **Structure**: the container is walked before any decoder sees it: JPEG markers and segments
    through the entropy-coded scans to EOI, PNG chunks (with their CRCs) to IEND, the WebP RIFF
    chunks to the RIFF length. A file that only starts like the format is refused (415); a broken
-   or truncated structure is 422. **Bytes after the end of the image are refused (415)**, except
-   zero padding: this stops polyglots (JPEG + ZIP, PNG + PHP), which libmagic calls an image and
-   Pillow decodes happily. The one exception is a JPEG whose own MPF index (CIPA DC-007: MPO
-   stereo pairs, the gain map of Ultra HDR photos) lists the images that follow it, and each of
-   those is itself a well-formed JPEG; anything else appended, such as the video of a "motion
-   photo" (Google/Samsung), is refused with 415.
+   or truncated structure is 422. The walk knows where the image ends: **bytes after it** (the
+   video of a Google or Samsung "motion photo", Samsung's `SEFH` trailer, a stray byte after a
+   PNG's IEND, an appended archive or script) **never reach a decoder**: only `data[:end]` is
+   decoded, and `DecodedImage.trailer_bytes` says how many bytes were dropped. The service
+   stores and serves no upload and re-encodes every output, so what follows the image cannot
+   be served back as anything. With `policy.allow_trailing_data=False` (the strict policy)
+   they are refused (415) instead, except zero padding: the polyglot defence (JPEG + ZIP,
+   PNG + PHP pass libmagic and Pillow) of services that keep uploads. Either way a JPEG whose
+   own MPF index (CIPA DC-007: MPO stereo pairs, the gain map of Ultra HDR photos) lists the
+   images that follow it, each itself a well-formed JPEG, ends after the last of them.
    Counts that set the decoder's CPU time are bounded in the same walk: at most 64 JPEG scans,
    1,024 JPEG segments, 20,000 PNG or WebP chunks (422, see `security.image_containers`).
 4. **Pixels**: the width and height read from the header (and again from Pillow's lazy
@@ -106,8 +110,16 @@ class UploadPolicy:
     # for the service's DecodeBudget (security.decode_budget.budget_for); None: automatic
     decode_slots: int | None = None
     decode_memory: int | None = None  # bytes
+    # Bytes after the image: dropped undecoded (True) or refused with 415 (False; zero padding
+    # is accepted either way). docs/uploads.md, "Data after the image".
+    allow_trailing_data: bool = True
 
     def __post_init__(self) -> None:
+        if not isinstance(self.allow_trailing_data, bool):
+            raise ValueError(
+                "UploadPolicy.allow_trailing_data must be True or False, not "
+                f"{self.allow_trailing_data!r}"
+            )
         for name in ("max_bytes", "max_pixels", "max_side", "decode_slots", "decode_memory"):
             value = getattr(self, name)
             if value is None and name.startswith("decode_"):
@@ -118,7 +130,7 @@ class UploadPolicy:
     @classmethod
     def from_settings(cls, settings: Settings) -> UploadPolicy:
         """The policy of `M2FP_MAX_UPLOAD_MB`, `M2FP_MAX_PIXELS`, `M2FP_MAX_SIDE`,
-        `M2FP_DECODE_SLOTS` and `M2FP_DECODE_MEMORY_MB`."""
+        `M2FP_DECODE_SLOTS`, `M2FP_DECODE_MEMORY_MB` and `M2FP_ALLOW_TRAILING_DATA`."""
         memory_mb = settings.decode_memory_mb
         return cls(
             max_bytes=settings.max_upload_bytes,
@@ -126,6 +138,7 @@ class UploadPolicy:
             max_side=settings.max_side,
             decode_slots=settings.decode_slots,
             decode_memory=int(memory_mb * 1024 * 1024) if memory_mb else None,
+            allow_trailing_data=settings.allow_trailing_data,
         )
 
 
@@ -134,7 +147,8 @@ class DecodedImage:
     pixels: np.ndarray  # (H, W, 3) uint8 RGB, EXIF orientation applied, working copy
     mime: str  # image/jpeg | image/png | image/webp
     original_size: tuple[int, int]  # (width, height) after EXIF orientation, before downscale
-    bytes_in: int
+    bytes_in: int  # the whole upload
+    trailer_bytes: int = 0  # of those, after the end of the image: dropped, never decoded
 
 
 # --------------------------------------------------------------------------------------------
@@ -157,7 +171,8 @@ def check_upload(
 
     Returns the MIME type (one of `ALLOWED_MIMES`). Raises `PayloadTooLarge` (413: bytes or
     pixels), `BadRequest` (400: empty), `UnsupportedMediaType` (415: not JPEG/PNG/WebP, claims
-    that disagree, data after the image) or `UnprocessableImage` (422: broken structure).
+    that disagree; data after the image under the strict policy) or `UnprocessableImage` (422:
+    broken structure).
     """
     policy = policy or UploadPolicy()
     return _check(_bytes_within_cap(data, policy), declared_type, filename, policy)[0]
@@ -171,14 +186,15 @@ def decode_image(
     Meant for bytes that passed `check_upload`; it walks the container again itself, so nothing
     unchecked reaches Pillow even when called alone. Raises `PayloadTooLarge` (413: bytes or
     pixels), `BadRequest` (400: empty), `UnprocessableImage` (422) or `UnsupportedMediaType`
-    (415: not this format, data after the image).
+    (415: not this format; data after the image under the strict policy).
     """
     if mime not in ALLOWED_MIMES:
         raise ValueError(f"mime must be one of {', '.join(ALLOWED_MIMES)}, not {mime!r}")
     policy = policy or UploadPolicy()
     data = _bytes_within_cap(data, policy)
-    _check_layout(_inspect(data, mime), policy)
-    return _decode(data, mime, policy)
+    layout = _inspect(data, mime, policy)
+    _check_layout(layout, policy)
+    return _decode(data, layout.end, mime, policy)
 
 
 def load_upload(
@@ -200,10 +216,10 @@ def load_upload(
     data = _bytes_within_cap(data, policy)
     mime, layout = _check(data, declared_type, filename, policy)
     if budget is None:
-        return _decode(data, mime, policy)
+        return _decode(data, layout.end, mime, policy)
     estimate = decode_budget.estimate_bytes(layout, mime, max_side=policy.max_side)
     with budget.reserve(estimate, timeout=wait_s):
-        return _decode(data, mime, policy)
+        return _decode(data, layout.end, mime, policy)
 
 
 # --------------------------------------------------------------------------------------------
@@ -220,7 +236,7 @@ def _check(
         )
     _check_declared_type(sniffed, declared_type)
     _check_extension(sniffed, filename)
-    layout = _inspect(data, sniffed)
+    layout = _inspect(data, sniffed, policy)
     _check_layout(layout, policy)
     return sniffed, layout
 
@@ -282,8 +298,9 @@ def _check_layout(layout: image_containers.Layout, policy: UploadPolicy) -> None
         )
 
 
-def _inspect(data: bytes, mime: str) -> image_containers.Layout:
-    """Walk the container of `data`, refuse anything after its end, return its layout."""
+def _inspect(data: bytes, mime: str, policy: UploadPolicy) -> image_containers.Layout:
+    """Walk the container of `data` and return its layout; under the strict policy, refuse
+    anything but zeros after the image's end."""
     name = _NAMES[mime]
     try:
         layout = image_containers.walk(data, mime)
@@ -297,7 +314,7 @@ def _inspect(data: bytes, mime: str) -> image_containers.Layout:
         raise UnprocessableImage(
             f"The {name} image would cost too much to decode: {exc}."
         ) from None
-    if not image_containers.only_zeros(data, layout.end):
+    if not policy.allow_trailing_data and not image_containers.only_zeros(data, layout.end):
         raise UnsupportedMediaType(
             f"The {name} image is followed by {len(data) - layout.end} more bytes (such as an "
             "appended archive, script or video); files with data after the image are refused."
@@ -311,11 +328,13 @@ def _inspect(data: bytes, mime: str) -> image_containers.Layout:
 # Decoding
 
 
-def _decode(data: bytes, mime: str, policy: UploadPolicy) -> DecodedImage:
+def _decode(data: bytes, end: int, mime: str, policy: UploadPolicy) -> DecodedImage:
+    """Decode the image that ends at `end`; the bytes after it reach no decoder."""
     name = _NAMES[mime]
     _pillow_cap(policy.max_pixels)
+    image = data if end >= len(data) else data[:end]
     try:
-        with Image.open(io.BytesIO(data), formats=[_PILLOW_FORMATS[mime]]) as im:
+        with Image.open(io.BytesIO(image), formats=[_PILLOW_FORMATS[mime]]) as im:
             width, height = im.size
             _check_pixels(width, height, policy)
             if mime == JPEG:
@@ -342,6 +361,7 @@ def _decode(data: bytes, mime: str, policy: UploadPolicy) -> DecodedImage:
         mime=mime,
         original_size=(width, height),
         bytes_in=len(data),
+        trailer_bytes=len(data) - len(image),
     )
 
 

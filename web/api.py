@@ -9,12 +9,12 @@ from __future__ import annotations
 import time
 from typing import Any
 
+import numpy as np
 from flask import Blueprint, Response, current_app, jsonify, request
 
 from m2fp import layers, render
 from m2fp.export import result_to_json
 from m2fp.labelsets import LABEL_SETS
-from security.errors import BadRequest
 from web.inputs import read_upload
 from web.openapi import openapi_document
 from web.options import ParseOptions, legend_labels, parse_options
@@ -38,6 +38,7 @@ def parse() -> Response:
     started = time.perf_counter()
     decoded = service.decode(upload, record.identity, full_size=options.size == "original")
     record.image_size = decoded.original_size
+    record.trailer_bytes = decoded.trailer_bytes
     decoded_at = time.perf_counter()
     result, queued = service.infer(decoded.pixels)
     record.persons = len(result.persons)
@@ -96,13 +97,13 @@ def _render(result: Any, pixels: Any, options: ParseOptions) -> Any:
 
 
 def _person_mask(result: Any, person: int | None) -> Any:
-    """Person `person`'s mask, None for everyone; 400 when the image has no such person."""
+    """Person `person`'s mask, None for everyone. A person the image does not have (the
+    client cannot know how many there are before asking) has an empty mask: an empty cutout or
+    matte, with `X-Persons` saying how many there are."""
     if person is None:
         return None
     if person > len(result.persons):
-        raise BadRequest(
-            f"person={person}, but {len(result.persons)} persons were found in this image."
-        )
+        return np.zeros((result.height, result.width), dtype=bool)
     return result.persons[person - 1].mask
 
 

@@ -12,6 +12,7 @@ from flask import Flask
 
 from http_contract import ERRORS
 from m2fp.labelsets import LABEL_SETS
+from web.context import MAX_FORM_PARTS
 from web.options import DEFAULT_ALPHA, IMAGE_FORMATS, MASK_FORMATS, OUTPUTS, PSD_MEDIA_TYPE, SIZES
 
 # What each error status of a parse means; the codes of each come from the one error list.
@@ -23,11 +24,17 @@ ERROR_STATUSES = {
     "415": "Not a JPEG, PNG or WebP, or the bytes are not what the name or type claims.",
     "422": "A JPEG, PNG or WebP that does not decode (truncated, corrupt).",
     "429": "Rate limited, or temporarily banned after invalid uploads.",
+    "500": "A bug: the response carries only the request id; the operator log has the rest.",
     "503": "Model not ready, server overloaded, or the rate-limit storage unreachable.",
 }
 OTHER_STATUSES = {"404": "Not found."}
+# The image types an upload may be (security.uploads.ALLOWED_MIMES), as multipart parts too.
+IMAGE_TYPES = ("image/jpeg", "image/png", "image/webp")
+# A multipart part may also say application/octet-stream (what `curl -F` sends): not declared.
+ALLOWED_PARTS = (*IMAGE_TYPES, "application/octet-stream")
 
 
+# A class id: 0 to NUM_CLASSES - 1, what `web.options` accepts.
 def _codes(status: str) -> str:
     return ", ".join(f"`{kind.code}`" for kind in ERRORS if kind.status == int(status))
 
@@ -168,8 +175,9 @@ def _parse_operation(max_bytes: int) -> dict[str, Any]:
             _query(
                 "person",
                 "Only this person (1..N, as `persons[].id`) in a cutout or matte; without"
-                " `classes`, the person's whole mask. A person the image does not have is a"
-                " 400.",
+                " `classes`, the person's whole mask; ignored by the other outputs. A person"
+                " the image does not have gets an empty cutout or matte (`X-Persons`: how many"
+                " were found).",
                 {"type": "integer", "minimum": 1, "maximum": 10000},
             ),
             _query(
@@ -186,42 +194,61 @@ def _parse_operation(max_bytes: int) -> dict[str, Any]:
                 {"type": "string", "enum": list(LABEL_SETS), "default": "cihp"},
             ),
         ],
-        "requestBody": {
-            "required": True,
-            "content": {
-                "multipart/form-data": {
-                    "schema": {
-                        "type": "object",
-                        "properties": {
-                            "image": {
-                                "type": "string",
-                                "contentMediaType": "application/octet-stream",
-                                "description": "The image (aliases: `file`, `image_file`).",
-                            }
-                        },
-                        "required": ["image"],
-                    }
+        "requestBody": _parse_body(max_bytes),
+        "responses": responses,
+    }
+
+
+def _parse_body(max_bytes: int) -> dict[str, Any]:
+    """The three forms of the image (web/inputs.py); what `security.uploads` then checks
+    (a JPEG, PNG or WebP that decodes) is said in words: no schema keyword says it."""
+    image = (
+        "A JPEG, PNG or WebP image that decodes, whose bytes are what its Content-Type and file"
+        " name claim."
+    )
+    # An empty image is 400, more than max_bytes 413.
+    raw = {"type": "string", "format": "binary", "minLength": 1, "maxLength": max_bytes}
+    part = {**raw, "contentMediaType": "application/octet-stream", "description": image}
+    return {
+        "required": True,
+        "description": image + f" At most {max_bytes} bytes.",
+        "content": {
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "properties": {
+                        "image": {
+                            **part,
+                            "description": "The image (aliases: `file`, `image_file`; one"
+                            " file per request).",
+                        }
+                    },
+                    "required": ["image"],
+                    # werkzeug's MAX_FORM_PARTS: more parts are 400
+                    "maxProperties": MAX_FORM_PARTS,
                 },
-                "image/jpeg": {"schema": binary},
-                "image/png": {"schema": binary},
-                "image/webp": {"schema": binary},
-                "application/octet-stream": {"schema": binary},
-                "application/json": {
-                    "schema": {
-                        "type": "object",
-                        "properties": {
-                            "image": {
-                                "type": "string",
-                                "description": "Base64 image, or a data URL"
-                                " (`data:image/png;base64,...`).",
-                            }
-                        },
-                        "required": ["image"],
-                    }
-                },
+                "encoding": {"image": {"contentType": ", ".join(ALLOWED_PARTS)}},
+            },
+            **{mime: {"schema": {**raw, "contentMediaType": mime}} for mime in IMAGE_TYPES},
+            "application/octet-stream": {"schema": {**raw, "description": image}},
+            "application/json": {
+                "schema": {
+                    "type": "object",
+                    "properties": {
+                        "image": {
+                            "type": "string",
+                            "format": "byte",
+                            "minLength": 1,
+                            # base64 of at most max_bytes: 4 characters per 3 bytes
+                            "maxLength": max_bytes // 3 * 4,
+                            "description": "The image in base64 (or base64url), or a data URL"
+                            " (`data:image/png;base64,...`).",
+                        }
+                    },
+                    "required": ["image"],
+                }
             },
         },
-        "responses": responses,
     }
 
 
@@ -376,6 +403,15 @@ def _schemas() -> dict[str, Any]:
 
 
 def openapi_document(app: Flask) -> dict[str, Any]:
+    document = _document(app)
+    # Any operation may fail unexpectedly: a JSON 500 with the request id (web/errors.py).
+    for operations in document["paths"].values():
+        for operation in operations.values():
+            operation["responses"].setdefault("500", {"$ref": "#/components/responses/E500"})
+    return document
+
+
+def _document(app: Flask) -> dict[str, Any]:
     settings = app.extensions["m2fp_settings"]
     html = {"content": {"text/html": {"schema": {"type": "string"}}}}
     return {

@@ -102,8 +102,8 @@ def parse_options(
     labels = LABEL_SETS[_choice("labels", values.get("labels", "cihp"), tuple(LABEL_SETS))]
     classes = _classes(values["classes"], labels) if "classes" in values else None
     person = _person(values["person"]) if "person" in values else None
-    if person is not None and output not in ("cutout", "matte"):
-        raise BadRequest("person only applies to output=cutout or output=matte.")
+    if output not in ("cutout", "matte"):
+        person = None  # like `format` for JSON: it only matters for a cutout or a matte
     if output in ("cutout", "matte") and classes is None:
         # every part of every person; with `person`, that person's whole mask
         classes = tuple(range(0 if person else 1, len(labels)))

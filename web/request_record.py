@@ -32,6 +32,7 @@ class RequestRecord:
     bytes_in: int = 0  # bytes of image read from the body
     image_size: tuple[int, int] | None = None  # (width, height) as uploaded
     persons: int | None = None  # persons found
+    trailer_bytes: int | None = None  # bytes after the decoded image, dropped undecoded
     error_code: str | None = None  # the code of the error response, if one was sent
     retry_after: int | None = None  # the service's own Retry-After, in seconds
     audited: bool = False  # the audit line is written (after_request hooks may run twice)
@@ -86,6 +87,7 @@ def init_app(app: Flask, audit: AuditLog) -> None:
             image_size=record.image_size,
             persons=record.persons,
             outcome="ok" if response.status_code < 400 else record.error_code or "error",
+            trailer_bytes=record.trailer_bytes,
         )
         return response
 

@@ -29,6 +29,7 @@ FIELDS = {
     "persons",
     "latency_ms",
     "outcome",
+    "trailer_bytes",
 }
 
 
@@ -198,3 +199,30 @@ def test_client_label_normalises_before_it_truncates_or_hashes():
         "203.0.113.7", "hash", b"k"
     )
     assert client_label("not an address", "full", b"") == "unknown"
+
+
+def test_a_dropped_trailer_is_audited_by_its_size_and_nothing_of_it(make_app, capfd, caplog):
+    """A motion photo's video is dropped undecoded: the audit line says how many bytes, and
+    nothing of them appears in any log; the strict setting refuses it (415)."""
+    canary = "CANARY" + secrets.token_hex(8)
+    still = images.sample("image/jpeg", images.quadrants())
+    video = images.MP4_VIDEO + canary.encode()
+    client = make_app(rate_limit="100 per minute").test_client()
+    strict = make_app(rate_limit="100 per minute", allow_trailing_data=False).test_client()
+    capfd.readouterr()
+    sends = [
+        client.post(PARSE + "?output=json", data=still + video, content_type="image/jpeg"),
+        client.post(PARSE + "?output=json", data=still, content_type="image/jpeg"),
+        client.get("/healthz"),
+        strict.post(PARSE, data=still + video, content_type="image/jpeg"),
+    ]
+    assert [r.status_code for r in sends] == [200, 200, 200, 415]
+    out, err = capfd.readouterr()
+    motion, plain, health, refused = audit_lines(out)
+    assert list(motion)[-2:] == ["outcome", "trailer_bytes"]  # appended after the old fields
+    assert motion["trailer_bytes"] == len(video) and motion["bytes_in"] == len(still + video)
+    assert motion["image"] == {"width": 64, "height": 48}
+    assert plain["trailer_bytes"] == 0
+    assert health["trailer_bytes"] is None  # no image decoded
+    assert refused["trailer_bytes"] is None and refused["outcome"] == "unsupported_media_type"
+    assert canary not in out + err + caplog.text

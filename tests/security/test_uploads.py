@@ -1,5 +1,6 @@
-"""security.uploads, the checks before decoding: types and claims (415), structure and
-appended data (415/422), byte and pixel caps (413), empty bodies (400)."""
+"""security.uploads, the checks before decoding: types and claims (415), structure (415/422),
+appended data (dropped undecoded; 415 under the strict policy), byte and pixel caps (413),
+empty bodies (400)."""
 
 from __future__ import annotations
 
@@ -28,6 +29,7 @@ from security.uploads import (
     load_upload,
     sniff_mime,
 )
+from tests.security.test_uploads_trailers import spy_on_the_decoder
 from tests.support import images as samples
 from tests.support.paths import REPO
 
@@ -111,29 +113,44 @@ def test_svg_is_refused_even_declared_as_svg():
         check_upload(samples.NOT_IMAGES["svg"], declared_type="image/svg+xml", filename="a.svg")
 
 
+STRICT = UploadPolicy(allow_trailing_data=False)
+
+
 @pytest.mark.parametrize("mime", MIMES)
-def test_appended_payloads_are_refused(mime):
+def test_appended_payloads_are_dropped_undecoded_or_refused_by_the_strict_policy(mime, monkeypatch):
     image = samples.sample(mime)
+    seen = spy_on_the_decoder(monkeypatch)
     for payload in (samples.zip_archive(), b"<?php system($_GET['c']); ?>\n", b"\x00\x00x"):
+        assert load_upload(image + payload).trailer_bytes == len(payload)
+        assert decode_image(image + payload, mime=mime).trailer_bytes == len(payload)
         with pytest.raises(UnsupportedMediaType, match="followed by .* more bytes"):
-            load_upload(image + payload)
+            load_upload(image + payload, policy=STRICT)
         with pytest.raises(UnsupportedMediaType):  # decode_image alone walks the file too
-            decode_image(image + payload, mime=mime)
+            decode_image(image + payload, mime=mime, policy=STRICT)
+    assert seen == [image] * 6  # only the image ever reached the decoder
 
 
-def test_jpeg_zip_polyglot_is_refused_though_libmagic_and_pillow_accept_it():
-    polyglot = samples.sample("image/jpeg") + samples.zip_archive()
+def test_jpeg_zip_polyglot_reaches_no_decoder_though_libmagic_and_pillow_accept_it(monkeypatch):
+    image = samples.sample("image/jpeg")
+    polyglot = image + samples.zip_archive()
     assert sniff_mime(polyglot) == "image/jpeg"
     Image.open(io.BytesIO(polyglot)).load()  # Pillow decodes it happily
+    seen = spy_on_the_decoder(monkeypatch)
+    decoded = load_upload(polyglot, declared_type="image/jpeg", filename="cat.jpg")
+    assert seen == [image] and decoded.trailer_bytes == len(polyglot) - len(image)
     with pytest.raises(UnsupportedMediaType):
-        check_upload(polyglot, declared_type="image/jpeg", filename="cat.jpg")
+        check_upload(polyglot, declared_type="image/jpeg", filename="cat.jpg", policy=STRICT)
 
 
-def test_png_with_php_after_iend_is_refused():
-    data = samples.sample("image/png") + b"<?php echo shell_exec($_GET['cmd']); ?>"
+def test_png_with_php_after_iend_reaches_no_decoder(monkeypatch):
+    image, php = samples.sample("image/png"), b"<?php echo shell_exec($_GET['cmd']); ?>"
+    data = image + php
     assert sniff_mime(data) == "image/png"
+    seen = spy_on_the_decoder(monkeypatch)
+    decoded = load_upload(data, declared_type="image/png", filename="avatar.png")
+    assert seen == [image] and decoded.trailer_bytes == len(php)
     with pytest.raises(UnsupportedMediaType, match="PNG image is followed by"):
-        check_upload(data, declared_type="image/png", filename="avatar.png")
+        check_upload(data, declared_type="image/png", filename="avatar.png", policy=STRICT)
 
 
 @pytest.mark.parametrize(
@@ -287,14 +304,22 @@ def test_large_mpo_is_decoded_at_a_reduced_scale_too():
     )
 
 
-def test_mpf_index_does_not_cover_anything_else():
+def test_mpf_index_does_not_cover_anything_else(monkeypatch):
+    """What the MPF index does not list is a trailer: dropped undecoded, or refused by the
+    strict policy; a listed image that is not a JPEG ends the image before it."""
     data = _mpo()
-    with pytest.raises(UnsupportedMediaType):
-        check_upload(data + b"PK\x03\x04 appended")
     second = data.rindex(b"\xff\xd8\xff")
     not_a_jpeg = data[:second] + b"\x00\x00" + data[second + 2 :]
-    with pytest.raises(UnsupportedMediaType):
-        check_upload(not_a_jpeg)
+    primary_end = data.index(b"\xff\xd9", data.index(b"\xff\xda")) + 2
+    seen = spy_on_the_decoder(monkeypatch)
+    for upload, image in ((data + b"PK\x03\x04 appended", data), (not_a_jpeg, data[:primary_end])):
+        decoded = load_upload(upload)
+        assert seen[-1] == image and decoded.trailer_bytes == len(upload) - len(image)
+        samples.assert_quadrants(
+            decoded.pixels, [samples.RED, samples.GREEN, samples.BLUE, samples.WHITE], 12
+        )
+        with pytest.raises(UnsupportedMediaType):
+            check_upload(upload, policy=STRICT)
 
 
 # ------------------------------------------------------------------------ byte caps (413/400)

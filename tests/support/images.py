@@ -13,6 +13,8 @@
 - what is not an allowed image (polyglots, look-alikes, other formats): `TEXT`, `HTML`, `SVG`,
   `NOT_IMAGES`, `zip_archive`, `other_formats`
 - checks for `quadrants` after a decode: `RED`…`WHITE`, `quadrant_colours`, `assert_quadrants`
+- phone photos with data after the image: `MP4_VIDEO`, `motion_photo`, `png_with_stray_byte`,
+  `ultra_hdr`
 """
 
 from __future__ import annotations
@@ -355,3 +357,70 @@ def webp_frame_flood(frames: int = 2000, *, side: int = 16) -> bytes:
     """An animated WebP of `frames` tiny frames."""
     images = [noise(side, side, seed % 7) for seed in range(frames)]
     return encode(images[0], "WEBP", save_all=True, append_images=images[1:], lossless=True)
+
+
+# ---- phone photos with data after the image ------------------------------------------------
+# What phones write after a well-formed image: the service decodes the image and drops the rest.
+
+# An MP4's first box (ftyp) and a little media data: what a motion photo appends after EOI.
+MP4_VIDEO = (
+    struct.pack(">I", 24) + b"ftypmp42" + b"\x00\x00\x00\x00" + b"mp42isom"
+    + struct.pack(">I", 40) + b"mdat" + bytes(range(32))
+)  # fmt: skip
+
+
+def motion_photo(kind: str = "google", *, width: int = 64, height: int = 48) -> bytes:
+    """A JPEG of `quadrants` with a video appended after its EOI: Google's MVIMG ("google":
+    the MP4 alone) or Samsung's ("samsung": the MP4 in a `MotionPhoto_Data` block followed by
+    the `SEFH` ... `SEFT` trailer directory Samsung's camera writes)."""
+    still = sample("image/jpeg", quadrants(width, height))
+    if kind == "google":
+        return still + MP4_VIDEO
+    if kind != "samsung":
+        raise ValueError(f"kind must be google or samsung, not {kind!r}")
+    block = b"\x00\x00\x30\x0a" + struct.pack("<I", 16) + b"MotionPhoto_Data" + MP4_VIDEO
+    # SEFH: version, entry count, then per entry (marker, offset back from SEFH, length)
+    directory = (
+        b"SEFH"
+        + struct.pack("<III", 107, 1, 0x0A30_0000)
+        + struct.pack("<II", len(block), len(block))
+    )
+    return still + block + directory + struct.pack("<I", len(directory)) + b"SEFT"
+
+
+def png_with_stray_byte(stray: bytes = b"\n") -> bytes:
+    """A 1x1 palette PNG with a tRNS chunk and `stray` after IEND (as `tRNS_null_1x1.png`)."""
+    im = Image.new("P", (1, 1), 0)
+    im.putpalette([200, 30, 40] + [0, 0, 0] * 255)
+    return encode(im, "PNG", transparency=1) + stray
+
+
+def _mpf_app2(entries: list[tuple[int, int, int]]) -> bytes:
+    """An APP2 segment holding an MPF index (CIPA DC-007, big-endian): MPFVersion,
+    NumberOfImages and MPEntry for `entries` of (attribute, size, offset from the MP header)."""
+    count = len(entries)
+    ifd_size = 2 + 3 * 12 + 4
+    mp_entries = b"".join(struct.pack(">IIIHH", a, s, o, 0, 0) for a, s, o in entries)
+    tiff = (
+        b"MM\x00*" + struct.pack(">I", 8) + struct.pack(">H", 3)
+        + struct.pack(">HHI", 0xB000, 7, 4) + b"0100"
+        + struct.pack(">HHII", 0xB001, 4, 1, count)
+        + struct.pack(">HHII", 0xB002, 7, 16 * count, 8 + ifd_size)
+        + struct.pack(">I", 0) + mp_entries
+    )  # fmt: skip
+    payload = b"MPF\x00" + tiff
+    return b"\xff\xe2" + struct.pack(">H", 2 + len(payload)) + payload
+
+
+def ultra_hdr(width: int = 64, height: int = 48) -> bytes:
+    """An Ultra HDR photo as Android 14+ writes it, built by hand: the primary JPEG (of
+    `quadrants`) with an MPF APP2 segment after its APP0, listing itself and a gain map: a
+    smaller all-grey JPEG appended after the primary image's EOI."""
+    primary = sample("image/jpeg", quadrants(width, height))
+    gain_map = encode(Image.new("L", (width // 4, height // 4), 128), "JPEG")
+    app0_end = 4 + int.from_bytes(primary[4:6], "big")  # SOI, then APP0 (JFIF)
+    size = len(primary) + len(_mpf_app2([(0, 0, 0), (0, 0, 0)]))
+    # offsets count from the MP header: 8 bytes into the APP2 segment (marker, length, "MPF\0")
+    mp_header = app0_end + 8
+    app2 = _mpf_app2([(0x030000, size, 0), (0, len(gain_map), size - mp_header)])
+    return primary[:app0_end] + app2 + primary[app0_end:] + gain_map

@@ -755,9 +755,6 @@ def test_matte_of_classes_and_of_one_person(client):
     [
         ("output=matte&person=0", "person"),
         ("output=matte&person=x", "person"),
-        ("output=overlay&person=1", "person"),
-        ("output=json&person=1", "person"),
-        ("output=matte&person=99", "person=99"),
         ("size=huge", "size"),
         ("labels=voc", "labels"),
         ("labels=atr&classes=coat", "classes"),
@@ -766,6 +763,25 @@ def test_matte_of_classes_and_of_one_person(client):
 def test_person_size_and_labels_errors_are_400(client, query, needle):
     r = client.post(f"{PARSE}?{query}", data=images.png(), content_type="image/png")
     assert needle in assert_error(r, 400)["message"]
+
+
+def test_person_is_ignored_by_other_outputs_and_a_missing_person_is_empty(client):
+    png = images.png()
+    plain = client.post(f"{PARSE}?output=overlay", data=png, content_type="image/png")
+    with_person = client.post(
+        f"{PARSE}?output=overlay&person=1", data=png, content_type="image/png"
+    )
+    assert with_person.status_code == 200 and with_person.data == plain.data
+    body = client.post(f"{PARSE}?output=json&person=1", data=png, content_type="image/png")
+    assert body.status_code == 200 and "persons" in body.get_json()
+    found = int(plain.headers["X-Persons"])
+    for output in ("matte", "cutout"):
+        r = client.post(
+            f"{PARSE}?output={output}&person={found + 1}", data=png, content_type="image/png"
+        )
+        assert r.status_code == 200 and r.headers["X-Persons"] == str(found)
+        pixels = np.asarray(images.decode(r.data))
+        assert not (pixels if output == "matte" else pixels[..., 3]).any()
 
 
 def test_gimp_opens_the_layered_file_with_named_layers(client, tmp_path):

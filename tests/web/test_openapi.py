@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import re
 
 import pytest
@@ -95,3 +96,72 @@ def test_errors_are_the_one_error_list(client):
         status = int(name.removeprefix("E"))
         listed = set(re.findall(r"`([a-z_]+)`", response["description"].split("Codes:")[1]))
         assert listed == {kind.code for kind in ERRORS if kind.status == status}, name
+
+
+# ------------------------------------------- the constraints say what the validation does
+
+
+def _parse_operation(client) -> dict:
+    return client.get("/api/v1/openapi.json").get_json()["paths"]["/api/v1/parse"]["post"]
+
+
+def test_every_option_is_constrained(client):
+    """Each query option says which values it takes: an enum, a boolean, a range or a
+    pattern (what tests/web/test_openapi_fuzz.py then holds the app to)."""
+    for parameter in _parse_operation(client)["parameters"]:
+        schema = parameter["schema"]
+        constrained = (
+            "enum" in schema
+            or schema.get("type") == "boolean"
+            or {"minimum", "maximum"} <= set(schema)
+            or "pattern" in schema
+        )
+        assert constrained, parameter["name"]
+
+
+def test_the_classes_pattern_allows_only_what_the_options_accept(client):
+    from web.options import parse_options
+
+    parameters = {p["name"]: p for p in _parse_operation(client)["parameters"]}
+    pattern = re.compile(parameters["classes"]["schema"]["pattern"])
+    candidates = [str(i) for i in range(40)] + ["1,19", "19,20", "0,0", "5,", "", "x", "2,3,4"]
+    for value in candidates:
+        if pattern.search(value):
+            assert parse_options({"classes": [value]}).classes is not None, value
+    assert {str(i) for i in range(40) if pattern.search(str(i))} == {str(i) for i in range(20)}
+
+
+def test_request_bodies_say_their_types_and_sizes(make_app):
+    client = make_app(max_upload_mb=1).test_client()
+    content = _parse_operation(client)["requestBody"]["content"]
+    raw = ("image/jpeg", "image/png", "image/webp", "application/octet-stream")
+    assert set(content) == {"multipart/form-data", "application/json", *raw}
+    part = content["multipart/form-data"]["schema"]["properties"]["image"]
+    base64_field = content["application/json"]["schema"]["properties"]["image"]
+    for schema in [part, base64_field] + [content[mime]["schema"] for mime in raw]:
+        assert schema["minLength"] == 1  # an empty image is 400
+    for schema in [part] + [content[mime]["schema"] for mime in raw]:
+        assert schema["maxLength"] == 1024 * 1024  # more is 413
+    assert base64_field["maxLength"] == 1024 * 1024 // 3 * 4  # the same bytes in base64
+    assert base64_field["format"] == "byte"
+    parts = content["multipart/form-data"]["encoding"]["image"]["contentType"]
+    assert set(parts.split(", ")) == set(raw)
+
+
+def test_every_status_an_operation_can_answer_is_documented(client):
+    from web.openapi import ERROR_STATUSES
+
+    paths = client.get("/api/v1/openapi.json").get_json()["paths"]
+    for path, operations in paths.items():
+        for method, operation in operations.items():
+            assert "500" in operation["responses"], f"{method} {path}"  # any bug: a JSON 500
+    assert set(ERROR_STATUSES) | {"200"} == set(_parse_operation(client)["responses"])
+
+
+def test_an_empty_image_part_is_refused_as_the_schema_says(client):
+    """The issue's example: an empty multipart part was schema-valid and a 400."""
+    empty = {"image": (io.BytesIO(b""), "a.png", "image/png")}
+    r = client.post("/api/v1/parse", data=empty, content_type="multipart/form-data")
+    assert r.status_code == 400
+    schema = _parse_operation(client)["requestBody"]["content"]["multipart/form-data"]["schema"]
+    assert not OAS31Validator(schema).is_valid({"image": ""})
