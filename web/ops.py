@@ -34,9 +34,8 @@ def readyz() -> Response:
             "The server is low on memory; try again shortly.", retry_after=RETRY_OVERLOADED
         )
     abuse = current_app.extensions["m2fp_abuse"]
-    if not abuse.storage.check():
-        # the same answer (and log line) as a parse gets when the storage is down (web/errors.py)
-        log.error("rate-limit storage unreachable")
+    if not abuse.storage_reachable():
+        # the same answer (and log line, once per outage) as a parse gets (web/errors.py)
         raise Unavailable(retry_after=Unavailable.kind.retry_after)
     return jsonify({"status": "ready"})
 

@@ -256,11 +256,12 @@ def wait_for_port(
 
 
 class RedisServer:
-    """redis-server on 127.0.0.1 and a free port, persistence off, working dir `directory`."""
+    """redis-server on 127.0.0.1 and a free port (or `port`: a restart where an earlier one
+    listened), persistence off, working dir `directory`."""
 
-    def __init__(self, directory: Path, attempts: int = 5) -> None:
-        for _ in range(attempts):
-            self.port = free_port()
+    def __init__(self, directory: Path, attempts: int = 5, *, port: int | None = None) -> None:
+        for _ in range(1 if port else attempts):
+            self.port = port or free_port()
             self.process = subprocess.Popen(
                 [
                     "redis-server",
