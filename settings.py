@@ -61,6 +61,8 @@ class Settings:
     # Overload shedding: above this fraction of the memory limit, /readyz and parses answer 503.
     memory_shed_fraction: float = 0.9
     memory_limit_mb: float | None = None  # None: the cgroup limit, else the machine's RAM
+    # Shutdown: seconds a stopping worker keeps serving while /readyz answers 503 `draining`.
+    drain_seconds: float = 5.0
     # Pages
     kiosk_idle_seconds: int = 60
     kiosk_notice: str = (
@@ -107,6 +109,8 @@ class Settings:
             raise SettingsError("M2FP_MAX_UPLOAD_MB must be positive")
         if self.trusted_proxies < 0:
             raise SettingsError("M2FP_TRUSTED_PROXIES must be 0 or more")
+        if not 0 <= self.drain_seconds <= 600:
+            raise SettingsError("M2FP_DRAIN_SECONDS must be between 0 and 600")
         if not 0 < self.memory_shed_fraction <= 1:
             raise SettingsError("M2FP_MEMORY_SHED_FRACTION must be in (0, 1]")
         if self.weights_sha256 is not None:
