@@ -14,6 +14,7 @@ import contextlib
 import http.client
 import json
 import os
+import shutil
 import signal
 import subprocess
 import threading
@@ -180,3 +181,33 @@ def test_restart_script_under_load_fails_no_request(tiny_model_dir, tmp_path):
         stop_group(old_master)
         server.stop()
     assert "Traceback" not in server.logs()
+
+
+def test_restart_whose_new_model_does_not_load_leaves_the_old_instance_serving(
+    tiny_model_dir, tmp_path
+):
+    model_dir = tmp_path / "model"
+    shutil.copytree(tiny_model_dir, model_dir)
+    pidfile = tmp_path / "gunicorn.pid"
+    server = Gunicorn(env(model_dir, 1), extra_args=["--pid", str(pidfile)])
+    old_master = server.process.pid
+    try:
+        # The upgrade brings a checkpoint that is no checkpoint: the new workers cannot load it.
+        (model_dir / "pytorch_model.pt").write_bytes(b"not a checkpoint" * 1000)
+        restart = subprocess.run(
+            [str(REPO / "scripts" / "restart"), str(pidfile), "120"],
+            capture_output=True,
+            text=True,
+            timeout=180,
+        )
+        assert restart.returncode == 1, restart.stderr + server.logs()
+        assert f"master {old_master} keeps serving" in restart.stderr
+        assert server.process.poll() is None
+        assert int(pidfile.read_text()) == old_master
+        assert not Path(f"{pidfile}.2").exists()
+        assert requests.get(server.url + "/readyz", timeout=10).status_code == 200
+        assert parse(server.url, timeout=120).status_code == 200
+    finally:
+        stop_group(old_master)
+        server.stop()
+    assert "the model did not load; the old instance keeps serving" in server.logs()
