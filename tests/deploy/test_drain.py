@@ -147,7 +147,8 @@ class Load:
 
 def test_restart_script_under_load_fails_no_request(tiny_model_dir, tmp_path):
     pidfile = tmp_path / "gunicorn.pid"
-    server = Gunicorn(env(tiny_model_dir, 2), extra_args=["--pid", str(pidfile)])
+    # Two workers: the old master is stopped only once both new ones are ready.
+    server = Gunicorn(env(tiny_model_dir, 2), workers=2, extra_args=["--pid", str(pidfile)])
     old_master = server.process.pid
     load = None
     try:
@@ -175,6 +176,7 @@ def test_restart_script_under_load_fails_no_request(tiny_model_dir, tmp_path):
         during = [t for t, _ in load.timeline if restart_started <= t <= restart_ended]
         assert len(during) >= 2, (restart_started, restart_ended, load.timeline)
         assert requests.get(server.url + "/readyz", timeout=5).status_code == 200
+        assert "restart: 2 new worker(s) ready, stopping the old master" in server.logs()
     finally:
         if load is not None:
             load.stop()
