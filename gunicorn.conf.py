@@ -23,6 +23,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 # Light: no torch, no Flask, no CUDA.
+import lifecycle  # noqa: E402
 from security.model_crypto import ModelProtectionError, check_weights  # noqa: E402
 from settings import Settings  # noqa: E402
 
@@ -45,7 +46,11 @@ worker_tmp_dir = "/dev/shm"
 control_socket_disable = True
 # A parse on CPU takes seconds; gthread workers heartbeat from their main thread regardless.
 timeout = 120
-graceful_timeout = 30
+# From SIGTERM to SIGKILL: a stopping worker drains (serves on, /readyz 503 `draining`) for
+# M2FP_DRAIN_SECONDS (5), then finishes its in-flight requests, up to the longest parse (the
+# engine's 120 s deadline): 5 + 120 + 5 s of margin. on_starting warns when a longer drain
+# does not fit.
+graceful_timeout = 130
 keepalive = 5
 # The audit log (one JSON line per request on stdout) replaces the access log, which would
 # carry query strings; operator messages go to stderr.
@@ -68,6 +73,15 @@ def on_starting(server):
     # No core dumps: a crashing worker would write its memory, uploaded images included, to disk.
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
     check_model(server)
+    global _handoff
+    _handoff = lifecycle.Handoff.for_this_master(server.cfg.workers)
+    if server.cfg.graceful_timeout < _settings.drain_seconds + 120:
+        server.log.warning(
+            "graceful_timeout %d s is shorter than M2FP_DRAIN_SECONDS (%g s) + 120 s for the"
+            " longest parse: a stop may kill requests in progress",
+            server.cfg.graceful_timeout,
+            _settings.drain_seconds,
+        )
     if server.cfg.workers > 1:
         server.log.warning(
             "%d workers: each loads its own model and counts its own metrics; /metrics shows"
@@ -110,3 +124,17 @@ def check_model(server) -> None:
         checked.sha256,
         "(pinned)" if checked.pinned else "(not pinned: M2FP_WEIGHTS_SHA256 is not set)",
     )
+
+
+# -- drain and restarts (lifecycle.py) ----------------------------------------------------------
+_handoff: lifecycle.Handoff | None = None  # set in the master by on_starting after a USR2
+
+
+def post_worker_init(worker):
+    lifecycle.drain_on_term(worker, _settings.drain_seconds)
+    if _handoff is not None:
+        _handoff.wait_ready(worker, worker.wsgi.extensions["m2fp_service"].runtime)
+
+
+def pre_exec(server):
+    lifecycle.reexec_as_started(server.START_CTX["args"])

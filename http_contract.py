@@ -60,6 +60,14 @@ ERRORS: tuple[ErrorKind, ...] = (
     ErrorKind(503, "overloaded", "The server is busy; try again shortly.", generic=False),
     # The model is loading, or failed to load.
     ErrorKind(503, "not_ready", "The model is still loading; try again shortly.", generic=False),
+    # `/readyz` of an instance that is stopping: it still serves, but should get no new work.
+    ErrorKind(
+        503,
+        "draining",
+        "The server is shutting down; try another instance.",
+        generic=False,
+        retry_after=5,
+    ),
     ErrorKind(
         504,
         "gateway_timeout",

@@ -73,6 +73,8 @@ class Settings:
     # Overload shedding: above this fraction of the memory limit, /readyz and parses answer 503.
     memory_shed_fraction: float = 0.9
     memory_limit_mb: float | None = None  # None: the cgroup limit, else the machine's RAM
+    # Shutdown: seconds a stopping worker keeps serving while /readyz answers 503 `draining`.
+    drain_seconds: float = 5.0
     # Pages
     kiosk_idle_seconds: int = 60
     # Without a camera, the kiosk may offer the OS file dialog: off, since on a public kiosk it
@@ -145,6 +147,8 @@ class Settings:
                 raise SettingsError(f"M2FP_TRUSTED_PROXY_NETWORKS: {exc}") from None
         if not 1 <= self.ipv6_client_prefix <= 128:
             raise SettingsError("M2FP_IPV6_CLIENT_PREFIX must be between 1 and 128")
+        if not 0 <= self.drain_seconds <= 600:
+            raise SettingsError("M2FP_DRAIN_SECONDS must be between 0 and 600")
         if not 0 < self.memory_shed_fraction <= 1:
             raise SettingsError("M2FP_MEMORY_SHED_FRACTION must be in (0, 1]")
         if self.weights_sha256 is not None:

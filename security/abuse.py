@@ -17,15 +17,17 @@ port directly is only itself, whatever header it sends.
   413 pixels) within M2FP_BAN_WINDOW_SECONDS → 429 `temporarily_banned` for M2FP_BAN_SECONDS.
 
 Limits and bans live in the same `limits` storage: memory:// (one process) or redis:// (shared
-by every worker and machine). An unreachable storage fails closed: 503, never unlimited.
+by every worker and machine). An unreachable storage fails closed: 503, never unlimited;
+`StorageHealth` tells the operator once when it goes and once when it is back.
 """
 
 from __future__ import annotations
 
 import logging
 import math
+import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -138,6 +140,46 @@ class BanList:
         return True
 
 
+class StorageHealth:
+    """Whether the rate-limit storage answered the last time anyone used it, per process.
+
+    Every use reports here (`failed` or `answered`); only a change is logged: one ERROR line
+    when an outage starts, one WARNING line when the storage answers again. `on_change(up)` runs
+    on each change and once at the start (the metrics gauge)."""
+
+    def __init__(self, on_change: Callable[[bool], None] | None = None) -> None:
+        self._lock = threading.Lock()
+        self._on_change = on_change or (lambda up: None)
+        self._down_since: float | None = None
+        self._on_change(True)
+
+    @property
+    def up(self) -> bool:
+        return self._down_since is None
+
+    def failed(self, error: BaseException | None) -> None:
+        with self._lock:
+            if self._down_since is not None:
+                return
+            self._down_since = time.monotonic()
+            self._on_change(False)
+        # The error's type only: a connection error's text can carry the storage URL.
+        log.error(
+            "rate-limit storage unreachable (%s): refusing protected requests with 503 until it"
+            " answers",
+            type(error).__name__ if error is not None else "no answer",
+        )
+
+    def answered(self) -> None:
+        with self._lock:
+            if self._down_since is None:
+                return
+            outage = time.monotonic() - self._down_since
+            self._down_since = None
+            self._on_change(True)
+        log.warning("rate-limit storage reachable again after %.1f s", outage)
+
+
 def load_keys(settings: Settings) -> Any:
     """The API key store of M2FP_API_KEYS_FILE (None without one), every limit checked."""
     if settings.api_keys_file is None:
@@ -169,12 +211,27 @@ class AbuseControl:
     """The limiter (flask-limiter's, made by `web.gate`), the gatekeeper and the ban list of
     one app (`app.extensions["m2fp_abuse"]`)."""
 
-    def __init__(self, limiter: Any, gatekeeper: Gatekeeper, bans: BanList) -> None:
+    def __init__(
+        self,
+        limiter: Any,
+        gatekeeper: Gatekeeper,
+        bans: BanList,
+        health: StorageHealth | None = None,
+    ) -> None:
         self.limiter, self.gatekeeper, self.bans = limiter, gatekeeper, bans
+        self.health = health or StorageHealth()
 
     @property
     def storage(self) -> Storage:
         return self.limiter.storage
+
+    def storage_reachable(self) -> bool:
+        """Ask the storage now (`/readyz`); the answer goes to `health` too."""
+        if self.storage.check():
+            self.health.answered()
+            return True
+        self.health.failed(None)
+        return False
 
     def refuse_if_banned(self, identity: Identity) -> None:
         """Raises Banned (429, Retry-After: the rest of the ban) while `identity` is banned."""
@@ -188,6 +245,7 @@ __all__ = [
     "BanList",
     "Gatekeeper",
     "Identity",
+    "StorageHealth",
     "check_limit",
     "client_bucket",
     "load_keys",

@@ -69,6 +69,10 @@ class NotReady(ServiceError, code="not_ready"):
     pass
 
 
+class Draining(ServiceError, code="draining"):
+    """`/readyz` while the worker drains before stopping (lifecycle.py)."""
+
+
 class Unavailable(ServiceError, code="unavailable"):
     """Something the service needs is down (the rate-limit storage): it refuses to serve
     rather than serve without limits."""

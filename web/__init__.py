@@ -64,7 +64,12 @@ def init_app(app: Flask, settings: Settings, *, engine: Any = None, model: Any =
     errors.init_app(app)
     for blueprint in (api.bp, ops.bp, pages.bp):
         app.register_blueprint(blueprint)
-    abuse = gate.init_app(app, settings, endpoints=PROTECTED_ENDPOINTS)
+    abuse = gate.init_app(
+        app,
+        settings,
+        endpoints=PROTECTED_ENDPOINTS,
+        on_storage_change=lambda up: metrics.ratelimit_storage_up.set(float(up)),
+    )
 
     limit = int(settings.memory_limit_mb * 1024 * 1024) if settings.memory_limit_mb else None
     if engine is None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 
-from flask import Flask, jsonify
+from flask import Flask, current_app, jsonify
 from flask.wrappers import Response
 from limits.errors import StorageError
 from werkzeug.exceptions import HTTPException
@@ -62,9 +62,11 @@ def _http_error(exc: HTTPException) -> Response:
     return response
 
 
-def _storage_down(exc: StorageError) -> Response:
-    # Rate limits and bans cannot be checked: refuse (fail closed) rather than serve unlimited.
-    log.error("rate-limit storage unreachable: %s", exc.storage_error)
+def storage_unavailable(exc: StorageError) -> Response:
+    """Rate limits and bans cannot be checked: refuse (fail closed) rather than serve
+    unlimited. The operator hears of it once per outage (`security.abuse.StorageHealth`), not
+    once per request."""
+    current_app.extensions["m2fp_abuse"].health.failed(exc.storage_error)
     return _service_error(Unavailable(retry_after=Unavailable.kind.retry_after))
 
 
@@ -77,8 +79,8 @@ def _unexpected(exc: Exception) -> Response:
 def init_app(app: Flask) -> None:
     app.register_error_handler(ServiceError, _service_error)
     app.register_error_handler(HTTPException, _http_error)
-    app.register_error_handler(StorageError, _storage_down)
+    app.register_error_handler(StorageError, storage_unavailable)
     app.register_error_handler(Exception, _unexpected)
 
 
-__all__ = ["error_response", "init_app"]
+__all__ = ["error_response", "init_app", "storage_unavailable"]

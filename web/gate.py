@@ -2,18 +2,36 @@
 
 Before the view: who the request is (API key or address) goes into the request record, and a
 banned client is refused. Around the view: flask-limiter's rate limit for that identity. After
-it: Retry-After only where it means something. Other routes (health, readiness, metrics, pages)
-are never limited.
+it: the X-RateLimit-* headers, and Retry-After only where it means something. Other routes
+(health, readiness, metrics, pages) are never limited.
+
+The rate-limit headers are written here, not by flask-limiter: its after_request hook reads the
+storage again, and a storage that stopped while the view ran made that read raise in a hook,
+where no error handler runs (a 500 with a traceback). Here a failed read refuses the request
+like every other use of an unreachable storage: 503 `unavailable` with Retry-After.
 """
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
+
 from flask import Flask, request
 from flask.wrappers import Response
 from flask_limiter import Limiter
+from limits.errors import StorageError
 
-from security.abuse import AbuseControl, BanList, Gatekeeper, Identity, check_limit, load_keys
+from security.abuse import (
+    AbuseControl,
+    BanList,
+    Gatekeeper,
+    Identity,
+    StorageHealth,
+    check_limit,
+    load_keys,
+)
 from settings import Settings, SettingsError
+from web.errors import storage_unavailable
 from web.request_record import current_record
 
 
@@ -24,8 +42,15 @@ def _identity() -> Identity:
     return identity
 
 
-def init_app(app: Flask, settings: Settings, *, endpoints: tuple[str, ...]) -> AbuseControl:
-    """Protect `endpoints` (already registered).
+def init_app(
+    app: Flask,
+    settings: Settings,
+    *,
+    endpoints: tuple[str, ...],
+    on_storage_change: Callable[[bool], None] | None = None,
+) -> AbuseControl:
+    """Protect `endpoints` (already registered); `on_storage_change(up)` hears when the
+    rate-limit storage stops or starts answering (`StorageHealth`).
 
     Raises:
         SettingsError: a malformed rate limit, API keys file or rate-limit storage.
@@ -37,12 +62,11 @@ def init_app(app: Flask, settings: Settings, *, endpoints: tuple[str, ...]) -> A
         storage_uri=settings.ratelimit_storage,
         storage_options={"wrap_exceptions": True},
         strategy="moving-window",
-        headers_enabled=True,
+        headers_enabled=False,  # written by `_limit_headers`
         key_prefix="m2fp",
         swallow_errors=False,
     )
-    # flask-limiter puts Retry-After on every response of a limited route and raises any
-    # existing one to its own window reset. Registered before it, this hook runs after it.
+    # Registered before `_limit_headers` below, so it runs after it (reverse order).
     app.after_request(_own_retry_after)
     try:
         limiter.init_app(app)
@@ -62,6 +86,7 @@ def init_app(app: Flask, settings: Settings, *, endpoints: tuple[str, ...]) -> A
             window_s=settings.ban_window_seconds,
             ban_s=settings.ban_seconds,
         ),
+        StorageHealth(on_storage_change),
     )
 
     @app.before_request
@@ -72,6 +97,25 @@ def init_app(app: Flask, settings: Settings, *, endpoints: tuple[str, ...]) -> A
         # Known before the ban check, so a banned key's audit line still names the key.
         record.identity = abuse.gatekeeper.identify(request.headers, request.remote_addr)
         abuse.refuse_if_banned(record.identity)
+        abuse.health.answered()
+
+    @app.after_request
+    def _limit_headers(response: Response) -> Response:
+        limit = limiter.current_limit
+        if limit is None:  # not a limited request, or its check never reached the storage
+            return response
+        try:
+            reset_at, remaining = limit.reset_at, limit.remaining
+        except StorageError as exc:
+            # Admitted while the storage answered, finished after it stopped: refused too.
+            return storage_unavailable(exc)
+        abuse.health.answered()
+        response.headers["X-RateLimit-Limit"] = str(limit.limit.amount)
+        response.headers["X-RateLimit-Remaining"] = str(remaining)
+        response.headers["X-RateLimit-Reset"] = str(reset_at)
+        if limit.breached:
+            response.headers["Retry-After"] = str(max(1, reset_at - int(time.time())))
+        return response
 
     limit = limiter.limit(lambda: _identity().limit, methods=["POST"])
     for endpoint in endpoints:
@@ -81,7 +125,7 @@ def init_app(app: Flask, settings: Settings, *, endpoints: tuple[str, ...]) -> A
 
 
 def _own_retry_after(response: Response) -> Response:
-    """The service's own 429/503 keep their Retry-After, the limiter's 429 keeps the limiter's,
+    """The service's own 429/503 keep their Retry-After, the limiter's 429 keeps its window's,
     every other response has none."""
     record = current_record()
     if record.retry_after is not None:

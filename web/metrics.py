@@ -83,6 +83,13 @@ class ServiceMetrics:
             " M2FP_MEMORY_SHED_FRACTION).",
             registry=r,
         )
+        self.ratelimit_storage_up = Gauge(
+            "m2fp_ratelimit_storage_up",
+            "1 while the rate-limit storage answers, 0 from a failed use until the next"
+            " successful one (protected requests are refused meanwhile).",
+            registry=r,
+            multiprocess_mode="livemin",
+        )
 
     def observe_batch(self, size: int, seconds: float) -> None:
         """The engine's `on_batch` hook (called from its batch thread)."""

@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-import logging
-
 from flask import Blueprint, Response, current_app, jsonify, request
 
-from security.errors import Forbidden, NotReady, Overloaded, Unavailable
+import lifecycle
+from security.errors import Draining, Forbidden, NotReady, Overloaded, Unavailable
 from web.runtime import FAILED
 from web.service import RETRY_NOT_READY, RETRY_OVERLOADED
 
 bp = Blueprint("ops", __name__)
-log = logging.getLogger("m2fp.service")
 
 
 @bp.get("/healthz")
@@ -21,9 +19,13 @@ def healthz() -> Response:
 
 @bp.get("/readyz")
 def readyz() -> Response:
-    """200 when a parse would be accepted now: model loaded and warmed up, memory below the
-    shedding threshold, rate-limit storage reachable. A 503's message names the check that
-    failed, never its details (why a model failed to load is in the operator log)."""
+    """200 when a parse would be accepted now: not draining before a stop, model loaded and
+    warmed up, memory below the shedding threshold, rate-limit storage reachable. A 503's
+    message names the check that failed, never its details (why a model failed to load is in
+    the operator log)."""
+    drain = current_app.extensions.get(lifecycle.EXTENSION)
+    if drain is not None and drain.draining:
+        raise Draining(retry_after=Draining.kind.retry_after)
     service = current_app.extensions["m2fp_service"]
     if service.runtime.state == FAILED:
         raise NotReady("The model is not available.", retry_after=RETRY_NOT_READY)
@@ -34,9 +36,8 @@ def readyz() -> Response:
             "The server is low on memory; try again shortly.", retry_after=RETRY_OVERLOADED
         )
     abuse = current_app.extensions["m2fp_abuse"]
-    if not abuse.storage.check():
-        # the same answer (and log line) as a parse gets when the storage is down (web/errors.py)
-        log.error("rate-limit storage unreachable")
+    if not abuse.storage_reachable():
+        # the same answer (and log line, once per outage) as a parse gets (web/errors.py)
         raise Unavailable(retry_after=Unavailable.kind.retry_after)
     return jsonify({"status": "ready"})
 

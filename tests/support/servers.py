@@ -54,6 +54,9 @@ def gunicorn_env(env: dict[str, str]) -> dict[str, str]:
     full_env = {k: v for k, v in os.environ.items() if not k.startswith("M2FP_")}
     full_env.update(env)
     full_env.setdefault("OMP_NUM_THREADS", "1")
+    # No drain on the way out unless a test asks for one (tests/deploy/test_drain.py): each
+    # stop would otherwise wait M2FP_DRAIN_SECONDS for a load balancer there is none of.
+    full_env.setdefault("M2FP_DRAIN_SECONDS", "0")
     return full_env
 
 
@@ -256,11 +259,12 @@ def wait_for_port(
 
 
 class RedisServer:
-    """redis-server on 127.0.0.1 and a free port, persistence off, working dir `directory`."""
+    """redis-server on 127.0.0.1 and a free port (or `port`: a restart where an earlier one
+    listened), persistence off, working dir `directory`."""
 
-    def __init__(self, directory: Path, attempts: int = 5) -> None:
-        for _ in range(attempts):
-            self.port = free_port()
+    def __init__(self, directory: Path, attempts: int = 5, *, port: int | None = None) -> None:
+        for _ in range(1 if port else attempts):
+            self.port = port or free_port()
             self.process = subprocess.Popen(
                 [
                     "redis-server",
