@@ -40,8 +40,9 @@ preload_app = False
 worker_tmp_dir = "/dev/shm"
 # gunicorn >= 25.1 opens a control socket in $XDG_RUNTIME_DIR or ~/.gunicorn by default.
 control_socket_disable = True
-# A parse on CPU takes seconds; gthread workers heartbeat from their main thread regardless.
-timeout = 120
+# No shorter than nginx waits for an answer, both derived from M2FP_LATENCY_TARGET_SECONDS
+# (http_contract.time_limits); gthread workers heartbeat from their main thread regardless.
+timeout = _settings.time_limits.worker_timeout_s
 graceful_timeout = 30
 keepalive = 5
 # The audit log (one JSON line per request on stdout) replaces the access log, which would

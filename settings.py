@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from http_contract import TimeLimits, time_limits
 from m2fp import device as device_rules
 
 PREFIX = "M2FP_"
@@ -40,6 +41,9 @@ class Settings:
     batch_max: int | None = None  # None (`auto`): 4 on CUDA, 1 on the CPU
     batch_wait_ms: float = 5.0
     queue_max: int = 16
+    # Seconds within which an admitted parse is expected to finish; every other time limit
+    # (the engine's deadline, nginx's and gunicorn's timeouts) follows from it.
+    latency_target_seconds: float = 60.0
     # Uploads
     max_upload_mb: float = 10.0
     max_pixels: int = 40_000_000
@@ -72,6 +76,11 @@ class Settings:
     def max_upload_bytes(self) -> int:
         return int(self.max_upload_mb * 1024 * 1024)
 
+    @property
+    def time_limits(self) -> TimeLimits:
+        """The engine's deadline and the proxies' timeouts for `latency_target_seconds`."""
+        return time_limits(self.latency_target_seconds)
+
     @classmethod
     def from_env(
         cls, environ: Mapping[str, str] | None = None, overrides: Mapping[str, Any] | None = None
@@ -103,6 +112,8 @@ class Settings:
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise SettingsError(f"{PREFIX}{name.upper()} must be at least 1")
+        if not self.latency_target_seconds > 0:
+            raise SettingsError("M2FP_LATENCY_TARGET_SECONDS must be positive")
         if self.max_upload_mb <= 0:
             raise SettingsError("M2FP_MAX_UPLOAD_MB must be positive")
         if self.trusted_proxies < 0:

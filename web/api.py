@@ -1,7 +1,8 @@
 """API v1: `POST /api/v1/parse`, `GET /api/v1/classes`, `GET /api/v1/openapi.json`.
 
-The parse view reads as the request travels: options → admission → upload → validate and
-decode (security) → inference (engine) → render (m2fp) → response.
+The parse view reads as the request travels: options → admission (a place in the engine's
+queue, held while the upload is read and decoded) → upload → validate and decode (security) →
+inference (engine) → render (m2fp) → response.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from web.inputs import read_upload
 from web.openapi import openapi_document
 from web.options import ParseOptions, parse_options
 from web.request_record import current_record
-from web.service import ParseService
+from web.service import ParseService, client_alive
 
 bp = Blueprint("api", __name__, url_prefix="/api/v1")
 
@@ -31,14 +32,14 @@ def _service() -> ParseService:
 def parse() -> Response:
     service, record = _service(), current_record()
     options = parse_options(request.args.to_dict(flat=False), request.accept_mimetypes)
-    service.admit()
-    upload = read_upload(request, max_bytes=service.policy.max_bytes)
-    record.bytes_in = len(upload.data)
-    started = time.perf_counter()
-    decoded = service.decode(upload, record.identity)
-    record.image_size = decoded.original_size
-    decoded_at = time.perf_counter()
-    result, queued = service.infer(decoded.pixels)
+    with service.admit() as place:  # refused here, before the body is read or decoded
+        upload = read_upload(request, max_bytes=service.policy.max_bytes)
+        record.bytes_in = len(upload.data)
+        started = time.perf_counter()
+        decoded = service.decode(upload, record.identity)
+        record.image_size = decoded.original_size
+        decoded_at = time.perf_counter()
+        result, queued = service.infer(decoded.pixels, place, client_alive(request.environ))
     record.persons = len(result.persons)
     inferred_at = time.perf_counter()
     response = _render(result, decoded.pixels, options)
