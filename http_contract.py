@@ -97,6 +97,9 @@ def json_body_allowance(max_bytes: int) -> int:
 
 # -- time limits --------------------------------------------------------------------------------
 
+# The engine's deadline over the target: room for the estimate's error, so that work admitted
+# at the target's edge still finishes on a machine half again as slow as measured.
+DEADLINE_OVER_TARGET = 1.5
 # What nginx and gunicorn allow beyond the engine's deadline: the decode before admission, the
 # render and the response after the result, at least this many seconds or a quarter of the
 # target, whichever is more.
@@ -110,7 +113,8 @@ class TimeLimits:
     - `latency_target_s`: the engine admits a parse only when the work ahead of it and its own
       forward are expected to finish within it; the rest is refused at once with 503;
     - `engine_deadline_s`: the longest an admitted parse waits for its result (queue and
-      forward), counted from admission; then 503 `overloaded`, and work still queued is dropped;
+      forward), counted from admission: 1.5 times the target; then 503 `overloaded`, and work
+      still queued is dropped;
     - `proxy_read_timeout_s`: nginx's wait for the app's answer (504 after): later than the
       engine's deadline by the margin, so the app's 503 always arrives first;
     - `worker_timeout_s`: gunicorn's worker timeout, no shorter than what nginx waits.
@@ -127,10 +131,11 @@ def time_limits(latency_target_s: float) -> TimeLimits:
     if not latency_target_s > 0:
         raise ValueError("the latency target must be positive")
     margin = max(MIN_PROXY_MARGIN_S, latency_target_s / 4)
-    read_timeout = math.ceil(latency_target_s + margin)
+    deadline = latency_target_s * DEADLINE_OVER_TARGET
+    read_timeout = math.ceil(deadline + margin)
     return TimeLimits(
         latency_target_s=latency_target_s,
-        engine_deadline_s=latency_target_s,
+        engine_deadline_s=deadline,
         proxy_read_timeout_s=read_timeout,
         worker_timeout_s=read_timeout,
     )

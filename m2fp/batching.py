@@ -76,8 +76,9 @@ class MicroBatcher(Generic[T, R]):
         on_batch: called after each batch with (batch size, seconds `fn` took); an error in it
             is logged, never raised.
         latency_target_s: `reserve` refuses (`TooSlow`) an item not expected to be done
-            within it, and a reserved item's deadline is this long after its reservation;
-            None: admission by count only.
+            within it; None: admission by count only.
+        deadline_s: a reserved item's deadline, counted from its reservation; None: the
+            latency target (no deadline without one).
         service_time_s: seconds per item assumed until the first batch is measured (e.g. the
             engine's warm-up); 0: no refusal by time before a measurement.
     """
@@ -92,12 +93,15 @@ class MicroBatcher(Generic[T, R]):
         on_batch: Callable[[int, float], None] | None = None,
         name: str = "m2fp-batcher",
         latency_target_s: float | None = None,
+        deadline_s: float | None = None,
         service_time_s: float = 0.0,
     ) -> None:
         if max_batch < 1 or queue_max < 1 or max_wait_ms < 0:
             raise ValueError("max_batch and queue_max must be >= 1 and max_wait_ms >= 0")
         if latency_target_s is not None and not latency_target_s > 0:
             raise ValueError("latency_target_s must be positive")
+        if deadline_s is not None and not deadline_s > 0:
+            raise ValueError("deadline_s must be positive")
         self._fn = fn
         self.max_batch = max_batch
         self.max_wait = max_wait_ms / 1000.0
@@ -105,6 +109,7 @@ class MicroBatcher(Generic[T, R]):
         self._on_batch = on_batch
         self._name = name
         self.latency_target_s = latency_target_s
+        self.deadline_s = latency_target_s if deadline_s is None else deadline_s
         self._service_time = service_time_s
         self._measured = False
         self._items: deque[_Entry[T]] = deque()
@@ -178,8 +183,8 @@ class MicroBatcher(Generic[T, R]):
                     retry_after=expected - target,
                 )
             self._reserved += 1
-        deadline = None if target is None else time.monotonic() + target
-        return Reservation(self, deadline)
+        wait = self.deadline_s
+        return Reservation(self, None if wait is None else time.monotonic() + wait)
 
     def _release(self) -> None:
         with self._cond:

@@ -78,8 +78,10 @@ class InferenceEngine:
         batch_wait_ms, queue_max: how long a lone image waits for company; most images
             waiting or admitted (beyond it `admit` and `parse` raise `QueueFull`).
         latency_target_s: `admit` refuses (`TooSlow`) an image not expected to be done within
-            it (the measured seconds per image times the images ahead, plus its own), and an
-            admitted image waits at most this long; None: admission by count only.
+            it (the measured seconds per image times the images ahead, plus its own); None:
+            admission by count only.
+        deadline_s: the longest an admitted image waits for its result, from `admit`; None:
+            the latency target.
         service_time_s: seconds per image assumed until the first batch is measured; None:
             the warm-up's time (without warm-up: no refusal by time before a measurement).
         warmup: run one image through before `ready` turns true.
@@ -104,6 +106,7 @@ class InferenceEngine:
         batch_wait_ms: float = 5.0,
         queue_max: int = 16,
         latency_target_s: float | None = None,
+        deadline_s: float | None = None,
         service_time_s: float | None = None,
         warmup: bool = True,
         on_batch: Callable[[int, float], None] | None = None,
@@ -136,6 +139,7 @@ class InferenceEngine:
             queue_max=queue_max,
             on_batch=on_batch,
             latency_target_s=latency_target_s,
+            deadline_s=deadline_s,
             service_time_s=service_time_s or 0.0,
         )
         self._service_time_given = service_time_s is not None
