@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import http.client
+import json
 import os
 import signal
 import statistics
@@ -48,6 +49,8 @@ class Phase:
     ok_latency: list[float] = field(default_factory=list)
     refusal_latency: list[float] = field(default_factory=list)
     errors: Counter = field(default_factory=Counter)
+    app_refusal_ms: list[float] = field(default_factory=list)  # the app's own, from its audit
+    window: tuple[float, float] = (0.0, 0.0)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     @property
@@ -108,7 +111,8 @@ def run_phase(port: int, body: bytes, clients: int, warmup: float, seconds: floa
     started = time.perf_counter()
     time.sleep(seconds)
     measuring.clear()
-    phase.seconds = time.perf_counter() - started
+    phase.window = (started, time.perf_counter())
+    phase.seconds = phase.window[1] - started
     stop.set()
     for thread in threads:
         thread.join(300)
@@ -123,6 +127,7 @@ def merge(phases: list[Phase]) -> Phase:
         merged.errors += phase.errors
         merged.ok_latency += phase.ok_latency
         merged.refusal_latency += phase.refusal_latency
+        merged.app_refusal_ms += phase.app_refusal_ms
     return merged
 
 
@@ -143,13 +148,15 @@ class Server:
             command,
             cwd=app_dir,
             env=gunicorn_env(env),
-            stdout=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
             start_new_session=True,
         )
         self.port = 0
         self.log: list[str] = []
+        self.audit: list[tuple[float, int, float]] = []  # (arrival, status, latency_ms)
+        threading.Thread(target=self._read_audit, daemon=True).start()
         deadline = time.monotonic() + 180
         for line in self.process.stderr:
             self.log.append(line)
@@ -163,6 +170,16 @@ class Server:
         if not self.port or self.process.poll() is not None:
             self.stop()
             raise SystemExit("gunicorn did not start:\n" + "".join(self.log))
+
+    def _read_audit(self) -> None:
+        for line in self.process.stdout:
+            if line.startswith("{"):
+                entry = json.loads(line)
+                self.audit.append((time.perf_counter(), entry["status"], entry["latency_ms"]))
+
+    def refusals_ms(self, window: tuple[float, float]) -> list[float]:
+        """The app's own latency of the 503s it logged within `window`."""
+        return [ms for at, status, ms in self.audit if status == 503 and window[0] <= at <= window[1]]
 
     def _drain(self) -> None:
         for line in self.process.stderr:
@@ -184,6 +201,7 @@ def report(phase: Phase, label: str) -> str:
         f"| {label} | {phase.clients} | {phase.goodput:.2f} | {phase.statuses[200]} "
         f"| {refused:.1%} | {quantile(phase.refusal_latency, 0.5) * 1000:.1f} / "
         f"{quantile(phase.refusal_latency, 0.95) * 1000:.1f} "
+        f"| {quantile(phase.app_refusal_ms, 0.5):.1f} / {quantile(phase.app_refusal_ms, 0.95):.1f} "
         f"| {quantile(phase.ok_latency, 0.5):.2f} / {quantile(phase.ok_latency, 0.95):.2f} "
         f"| {dict(others) or '-'} {dict(phase.errors) or ''} |"
     )
@@ -231,6 +249,8 @@ def main() -> None:
                 phases.append(run_phase(server.port, body, clients, args.warmup, args.seconds))
     finally:
         server.stop()
+    for phase in phases:
+        phase.app_refusal_ms = server.refusals_ms(phase.window)
     base = merge([p for p in phases if p.clients == args.clients])
     over = merge([p for p in phases if p.clients != args.clients])
     print(f"app: {args.app_dir}; photo {args.photo} JPEG ({len(body)} B); env {args.env}")
@@ -240,10 +260,11 @@ def main() -> None:
     )
     print()
     print(
-        "| load | clients | goodput (parses/s) | 200s | 503 share | 503 latency p50 / p95 (ms) "
-        "| 200 latency p50 / p95 (s) | other |"
+        "| load | clients | goodput (parses/s) | 200s | 503 share "
+        "| 503 at the client p50 / p95 (ms) | 503 in the app p50 / p95 (ms) "
+        "| 200 at the client p50 / p95 (s) | other |"
     )
-    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     if args.rounds > 1:
         for i, phase in enumerate(phases):
             label = "1x" if phase.clients == args.clients else f"{args.factor}x"

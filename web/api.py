@@ -19,7 +19,7 @@ from web.inputs import read_upload
 from web.openapi import openapi_document
 from web.options import ParseOptions, parse_options
 from web.request_record import current_record
-from web.service import ParseService, client_alive
+from web.service import ParseService, client_alive, yield_to_the_engine
 
 bp = Blueprint("api", __name__, url_prefix="/api/v1")
 
@@ -30,6 +30,7 @@ def _service() -> ParseService:
 
 @bp.post("/parse")
 def parse() -> Response:
+    yield_to_the_engine(request.environ)  # refusing and decoding come after the forward
     service, record = _service(), current_record()
     options = parse_options(request.args.to_dict(flat=False), request.accept_mimetypes)
     with service.admit() as place:  # refused here, before the body is read or decoded

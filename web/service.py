@@ -5,8 +5,11 @@ queue. One instance per app, in `app.extensions["m2fp_service"]`; the engine its
 
 from __future__ import annotations
 
+import logging
+import os
 import socket
 import ssl
+import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -27,6 +30,15 @@ from web.inputs import Upload
 from web.metrics import ServiceMetrics
 from web.overload import MemoryGuard
 from web.runtime import ModelRuntime
+
+log = logging.getLogger("m2fp.service")
+
+# Request threads run at this nice value above the engine's batch thread (Linux nice is per
+# thread): under a storm of refusals, decoding and refusing never take the CPU the forward
+# needs. CFS weights: nice 0 = 1024, nice 10 = 110, so each busy request thread gets about a
+# tenth of what the batch thread gets.
+REQUEST_THREAD_NICE = 10
+_niced = threading.local()
 
 # Seconds a client is asked to wait where the engine gives no estimate (memory shedding, a
 # result past its deadline); a model that is loading needs longer.
@@ -129,6 +141,24 @@ class ParseService:
         return result, timings.get("queue", 0.0)
 
 
+def yield_to_the_engine(environ: Mapping[str, Any]) -> None:
+    """Lower the CPU priority of the server thread serving this request below the engine's,
+    once per thread. Only a multithreaded server's own threads (`wsgi.multithread`: gunicorn's
+    gthread pool), never a caller's thread (the test client). Where the system has no
+    per-thread nice nothing changes, said once in the log."""
+    if not environ.get("wsgi.multithread") or getattr(_niced, "done", False):
+        return
+    _niced.done = True
+    try:
+        tid = threading.get_native_id()
+        current = os.getpriority(os.PRIO_PROCESS, tid)
+        os.setpriority(os.PRIO_PROCESS, tid, min(19, current + REQUEST_THREAD_NICE))
+    except (AttributeError, OSError) as exc:
+        if not getattr(yield_to_the_engine, "reported", False):
+            yield_to_the_engine.reported = True  # type: ignore[attr-defined]
+            log.warning("request threads keep the engine's CPU priority: %s", exc)
+
+
 def client_alive(environ: Mapping[str, Any]) -> Callable[[], bool] | None:
     """Whether the client of this request is still connected, asked while it waits: gunicorn
     puts the connection in `environ["gunicorn.socket"]`; None where there is no plain socket
@@ -151,4 +181,11 @@ def connection_open(sock: socket.socket) -> bool:
         return False
 
 
-__all__ = ["ENGINE_TIMEOUT_S", "ParseService", "client_alive", "connection_open"]
+__all__ = [
+    "ENGINE_TIMEOUT_S",
+    "REQUEST_THREAD_NICE",
+    "ParseService",
+    "client_alive",
+    "connection_open",
+    "yield_to_the_engine",
+]

@@ -5,6 +5,7 @@ one waits no longer than the engine's deadline; work whose client left is not co
 
 from __future__ import annotations
 
+import os
 import socket
 import struct
 import threading
@@ -15,7 +16,12 @@ import pytest
 from m2fp.engine import InferenceEngine
 from tests.support import images
 from tests.support.model_factory import make_tiny_model
-from web.service import client_alive, connection_open
+from web.service import (
+    REQUEST_THREAD_NICE,
+    client_alive,
+    connection_open,
+    yield_to_the_engine,
+)
 
 PARSE = "/api/v1/parse"
 
@@ -205,3 +211,34 @@ def test_client_alive_asks_gunicorns_socket_only():
         assert alive is not None and alive()
         theirs.close()
         assert not alive()
+
+
+# -- the engine first ---------------------------------------------------------------------------
+
+
+def nice_of(tid: int) -> int:
+    return os.getpriority(os.PRIO_PROCESS, tid)
+
+
+def test_server_threads_yield_the_cpu_to_the_engine():
+    ours = nice_of(threading.get_native_id())
+    seen: dict[str, int] = {}
+
+    def serve(environ: dict) -> None:
+        tid = threading.get_native_id()
+        yield_to_the_engine(environ)
+        yield_to_the_engine(environ)  # once per thread, not once per request
+        seen[str(environ.get("wsgi.multithread"))] = nice_of(tid)
+
+    for environ in ({"wsgi.multithread": True}, {"wsgi.multithread": False}):
+        thread = threading.Thread(target=serve, args=(environ,))
+        thread.start()
+        thread.join(10)
+    assert seen == {"True": min(19, ours + REQUEST_THREAD_NICE), "False": ours}
+    assert nice_of(threading.get_native_id()) == ours  # the caller's own thread: untouched
+
+
+def test_the_test_clients_thread_keeps_its_priority(app):
+    before = nice_of(threading.get_native_id())
+    parse(app)
+    assert nice_of(threading.get_native_id()) == before
