@@ -179,7 +179,8 @@ class Server:
 
     def refusals_ms(self, window: tuple[float, float]) -> list[float]:
         """The app's own latency of the 503s it logged within `window`."""
-        return [ms for at, status, ms in self.audit if status == 503 and window[0] <= at <= window[1]]
+        start, end = window
+        return [ms for at, status, ms in self.audit if status == 503 and start <= at <= end]
 
     def _drain(self) -> None:
         for line in self.process.stderr:
