@@ -282,6 +282,8 @@ class MicroBatcher(Generic[T, R]):
             if deadline is not None and time.monotonic() >= deadline:
                 if future.cancel():
                     self._count_drop(gone=False)
+                elif future.done():  # finished a moment ago: the result is still good
+                    return future.result()
                 raise DeadlineExpired("no result by the deadline")
 
     def _count_drop(self, *, gone: bool) -> None:
