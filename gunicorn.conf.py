@@ -16,6 +16,7 @@ configuration) leaves that worker up and not ready (web/runtime.py).
 """
 
 import logging
+import math
 import os
 import resource
 import sys
@@ -44,13 +45,13 @@ preload_app = False
 worker_tmp_dir = "/dev/shm"
 # gunicorn >= 25.1 opens a control socket in $XDG_RUNTIME_DIR or ~/.gunicorn by default.
 control_socket_disable = True
-# A parse on CPU takes seconds; gthread workers heartbeat from their main thread regardless.
-timeout = 120
+# No shorter than nginx waits for an answer, both derived from M2FP_LATENCY_TARGET_SECONDS
+# (http_contract.time_limits); gthread workers heartbeat from their main thread regardless.
+timeout = _settings.time_limits.worker_timeout_s
 # From SIGTERM to SIGKILL: a stopping worker drains (serves on, /readyz 503 `draining`) for
-# M2FP_DRAIN_SECONDS (5), then finishes its in-flight requests, up to the longest parse (the
-# engine's 120 s deadline): 5 + 120 + 5 s of margin. on_starting warns when a longer drain
-# does not fit.
-graceful_timeout = 130
+# M2FP_DRAIN_SECONDS, then finishes its in-flight requests, up to the longest parse (the
+# engine's deadline), with 5 s of margin.
+graceful_timeout = math.ceil(_settings.drain_seconds + _settings.time_limits.engine_deadline_s + 5)
 keepalive = 5
 # The audit log (one JSON line per request on stdout) replaces the access log, which would
 # carry query strings; operator messages go to stderr.
@@ -75,12 +76,14 @@ def on_starting(server):
     check_model(server)
     global _handoff
     _handoff = lifecycle.Handoff.for_this_master(server.cfg.workers)
-    if server.cfg.graceful_timeout < _settings.drain_seconds + 120:
+    longest = _settings.drain_seconds + _settings.time_limits.engine_deadline_s
+    if server.cfg.graceful_timeout < longest:
         server.log.warning(
-            "graceful_timeout %d s is shorter than M2FP_DRAIN_SECONDS (%g s) + 120 s for the"
-            " longest parse: a stop may kill requests in progress",
+            "graceful_timeout %d s is shorter than M2FP_DRAIN_SECONDS (%g s) + the engine's"
+            " deadline (%g s) for the longest parse: a stop may kill requests in progress",
             server.cfg.graceful_timeout,
             _settings.drain_seconds,
+            _settings.time_limits.engine_deadline_s,
         )
     if server.cfg.workers > 1:
         server.log.warning(

@@ -1,5 +1,6 @@
 """What nginx and the app must agree on, in one place: the error list, the body-size formula, the
-Content-Security-Policy and the Permissions-Policy.
+time limits derived from the latency target, the Content-Security-Policy and the
+Permissions-Policy.
 
 Both sides import this module: the app (`security/errors.py`, `web/errors.py`,
 `web/openapi.py`, `web/context.py`, `security/headers.py`) and the edge's config renderer
@@ -10,6 +11,7 @@ each side sends is what is written here.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 # -- errors -------------------------------------------------------------------------------------
@@ -126,6 +128,52 @@ def upload_limit_message(max_upload_bytes: int) -> str:
     return f"The image is larger than the upload limit of {size_label(max_upload_bytes)}."
 
 
+# -- time limits --------------------------------------------------------------------------------
+
+# The engine's deadline over the target: room for the estimate's error, so that work admitted
+# at the target's edge still finishes on a machine half again as slow as measured.
+DEADLINE_OVER_TARGET = 1.5
+# What nginx and gunicorn allow beyond the engine's deadline: the decode before admission, the
+# render and the response after the result, at least this many seconds or a quarter of the
+# target, whichever is more.
+MIN_PROXY_MARGIN_S = 10.0
+
+
+@dataclass(frozen=True)
+class TimeLimits:
+    """Every wait of a parse, derived from one setting (`M2FP_LATENCY_TARGET_SECONDS`).
+
+    - `latency_target_s`: the engine admits a parse only when the work ahead of it and its own
+      forward are expected to finish within it; the rest is refused at once with 503;
+    - `engine_deadline_s`: the longest an admitted parse waits for its result (queue and
+      forward), counted from admission: 1.5 times the target; then 503 `overloaded`, and work
+      still queued is dropped;
+    - `proxy_read_timeout_s`: nginx's wait for the app's answer (504 after): later than the
+      engine's deadline by the margin, so the app's 503 always arrives first;
+    - `worker_timeout_s`: gunicorn's worker timeout, no shorter than what nginx waits.
+    """
+
+    latency_target_s: float
+    engine_deadline_s: float
+    proxy_read_timeout_s: int
+    worker_timeout_s: int
+
+
+def time_limits(latency_target_s: float) -> TimeLimits:
+    """The time limits for a latency target in seconds (positive)."""
+    if not latency_target_s > 0:
+        raise ValueError("the latency target must be positive")
+    margin = max(MIN_PROXY_MARGIN_S, latency_target_s / 4)
+    deadline = latency_target_s * DEADLINE_OVER_TARGET
+    read_timeout = math.ceil(deadline + margin)
+    return TimeLimits(
+        latency_target_s=latency_target_s,
+        engine_deadline_s=deadline,
+        proxy_read_timeout_s=read_timeout,
+        worker_timeout_s=read_timeout,
+    )
+
+
 # -- security headers ---------------------------------------------------------------------------
 
 # HTML pages: their own scripts and styles only (no inline code, no third-party origins: the
@@ -175,6 +223,7 @@ __all__ = [
     "FORM_OVERHEAD",
     "PAGE_CSP",
     "ErrorKind",
+    "TimeLimits",
     "error_kind",
     "generic_error",
     "json_body_allowance",
@@ -182,4 +231,5 @@ __all__ = [
     "size_label",
     "upload_bytes_for_body",
     "upload_limit_message",
+    "time_limits",
 ]

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from http_contract import TimeLimits, time_limits
 from m2fp import device as device_rules
 
 PREFIX = "M2FP_"
@@ -43,6 +44,9 @@ class Settings:
     batch_max: int | None = None  # None (`auto`): 4 on CUDA, 1 on the CPU
     batch_wait_ms: float = 5.0
     queue_max: int = 16
+    # Seconds within which an admitted parse is expected to finish; every other time limit
+    # (the engine's deadline, nginx's and gunicorn's timeouts) follows from it.
+    latency_target_seconds: float = 60.0
     # Uploads
     max_upload_mb: float = 10.0
     max_pixels: int = 24_000_000  # see docs/uploads.md, "Decode memory"
@@ -95,6 +99,11 @@ class Settings:
         networks = self.trusted_proxy_networks
         return DEFAULT_PROXY_NETWORKS if networks is None else networks
 
+    @property
+    def time_limits(self) -> TimeLimits:
+        """The engine's deadline and the proxies' timeouts for `latency_target_seconds`."""
+        return time_limits(self.latency_target_seconds)
+
     @classmethod
     def from_env(
         cls, environ: Mapping[str, str] | None = None, overrides: Mapping[str, Any] | None = None
@@ -126,6 +135,8 @@ class Settings:
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise SettingsError(f"{PREFIX}{name.upper()} must be at least 1")
+        if not self.latency_target_seconds > 0:
+            raise SettingsError("M2FP_LATENCY_TARGET_SECONDS must be positive")
         if self.max_upload_mb <= 0:
             raise SettingsError("M2FP_MAX_UPLOAD_MB must be positive")
         if self.decode_slots is not None and self.decode_slots < 1:

@@ -20,7 +20,15 @@ import numpy as np
 import torch
 
 from m2fp import device as device_rules
-from m2fp.batching import EngineNotReady, MicroBatcher, QueueFull
+from m2fp.batching import (
+    ClientGone,
+    DeadlineExpired,
+    EngineNotReady,
+    MicroBatcher,
+    QueueFull,
+    Reservation,
+    TooSlow,
+)
 from m2fp.build import load_model
 from m2fp.modeling.m2fp import M2FP
 from m2fp.optimize import optimize_for_inference
@@ -68,7 +76,14 @@ class InferenceEngine:
         batch_max: most images per forward; None: `default_batch_max` of the device (4 on
             CUDA, 1 on the CPU), resolved in `start()`.
         batch_wait_ms, queue_max: how long a lone image waits for company; most images
-            waiting (beyond it `parse` raises `QueueFull`).
+            waiting or admitted (beyond it `admit` and `parse` raise `QueueFull`).
+        latency_target_s: `admit` refuses (`TooSlow`) an image not expected to be done within
+            it (the measured seconds per image times the images ahead, plus its own); None:
+            admission by count only.
+        deadline_s: the longest an admitted image waits for its result, from `admit`; None:
+            the latency target.
+        service_time_s: seconds per image assumed until the first batch is measured; None:
+            the warm-up's time (without warm-up: no refusal by time before a measurement).
         warmup: run one image through before `ready` turns true.
         on_batch: called after each batch with (batch size, seconds), e.g. for metrics.
         parser_options: extra keyword arguments for `Parser` (e.g. short_edge, memory_budget).
@@ -90,6 +105,9 @@ class InferenceEngine:
         batch_max: int | None = None,
         batch_wait_ms: float = 5.0,
         queue_max: int = 16,
+        latency_target_s: float | None = None,
+        deadline_s: float | None = None,
+        service_time_s: float | None = None,
         warmup: bool = True,
         on_batch: Callable[[int, float], None] | None = None,
         parser_options: dict | None = None,
@@ -120,7 +138,11 @@ class InferenceEngine:
             max_wait_ms=batch_wait_ms,
             queue_max=queue_max,
             on_batch=on_batch,
+            latency_target_s=latency_target_s,
+            deadline_s=deadline_s,
+            service_time_s=service_time_s or 0.0,
         )
+        self._service_time_given = service_time_s is not None
         self.device: torch.device | None = None
         self.dtype: torch.dtype | None = None
 
@@ -132,6 +154,22 @@ class InferenceEngine:
     @property
     def queue_depth(self) -> int:
         return self._batcher.depth
+
+    @property
+    def service_time(self) -> float:
+        """Seconds per image: a moving average of recent batches (the warm-up before)."""
+        return self._batcher.service_time
+
+    @property
+    def expected_wait(self) -> float:
+        """Seconds until an image admitted now would be done."""
+        return self._batcher.expected_wait()
+
+    @property
+    def dropped(self) -> dict[str, int]:
+        """Images dropped before their forward: "expired" (deadline passed while queued) and
+        "gone" (the caller gave up: its client left, or it timed out)."""
+        return {"expired": self._batcher.dropped_expired, "gone": self._batcher.dropped_gone}
 
     @property
     def parser(self) -> Parser:
@@ -164,7 +202,12 @@ class InferenceEngine:
                 self._batcher.max_batch = default_batch_max(device)
             parser = Parser(model, **self._parser_options)
             if self._warmup:
+                warm_started = time.perf_counter()
                 parser.parse(np.full((*WARMUP_HW, 3), 127, dtype=np.uint8))
+                # an overestimate (first-call costs): it errs on refusing, and the first
+                # measured batches replace it
+                if not self._service_time_given:
+                    self._batcher.seed_service_time(time.perf_counter() - warm_started)
             self.device, self.dtype = device, dtype
             self._parser = parser
             self._batcher.start()
@@ -182,24 +225,44 @@ class InferenceEngine:
         finally:
             fileobj.close()
 
+    def admit(self) -> Reservation:
+        """A place in the queue for an image not decoded yet: take it before the expensive
+        work, hand it to `parse(..., reservation=)`, or release it (it is a context manager).
+
+        Raises:
+            EngineNotReady: not started, or closed.
+            QueueFull: `queue_max` images waiting or admitted (`retry_after` on it).
+            TooSlow: (a `QueueFull`) the images ahead would not be done within the latency
+                target (`retry_after`: until they would).
+        """
+        if not self.ready:
+            raise EngineNotReady("the model is not loaded yet")
+        return self._batcher.reserve()
+
     def parse(
         self,
         image: np.ndarray,
         *,
         timeout: float | None = None,
         timings: dict[str, float] | None = None,
+        reservation: Reservation | None = None,
+        alive: Callable[[], bool] | None = None,
     ) -> ParsingResult:
         """Parse one (H, W, 3) uint8 RGB image through the micro-batcher.
 
         The resize runs in the calling thread; the forward in the batch thread, alongside
         other callers' images. `timings`, if given, receives seconds spent on "prepare" (the
         resize), "queue" (waiting for the batch thread) and "batch" (the forward and
-        post-processing of the batch this image ran in).
+        post-processing of the batch this image ran in). `reservation`: the place `admit`
+        gave (its deadline bounds the wait too). `alive`: asked while waiting; False drops
+        the image if it has not run yet.
 
         Raises:
             EngineNotReady: not started, or closed.
-            QueueFull: too many requests waiting.
-            TimeoutError: no result within `timeout` seconds.
+            QueueFull: too many requests waiting (without a reservation).
+            DeadlineExpired: (a TimeoutError) no result within `timeout` seconds or by the
+                reservation's deadline.
+            ClientGone: `alive()` answered False.
             TypeError, ValueError: not an (H, W, 3) uint8 array.
         """
         if not self.ready:
@@ -208,7 +271,9 @@ class InferenceEngine:
         prepared = self.parser.prepare(image)
         if timings is not None:
             timings["prepare"] = time.perf_counter() - started
-        return self._batcher.submit(prepared, timeout=timeout, timings=timings)
+        return self._batcher.submit(
+            prepared, timeout=timeout, timings=timings, reservation=reservation, alive=alive
+        )
 
     def predict(self, images: Sequence[np.ndarray]) -> list[ParsingResult]:
         """Parse images directly (no queue), under the model lock."""
@@ -237,4 +302,13 @@ class InferenceEngine:
             self._model = None
 
 
-__all__ = ["EngineNotReady", "InferenceEngine", "QueueFull", "prepare_model_for_inference"]
+__all__ = [
+    "ClientGone",
+    "DeadlineExpired",
+    "EngineNotReady",
+    "InferenceEngine",
+    "QueueFull",
+    "Reservation",
+    "TooSlow",
+    "prepare_model_for_inference",
+]

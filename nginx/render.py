@@ -8,7 +8,8 @@ addresses, certificate paths, the app upstreams, the body cap, the static root, 
 directory that holds the pid file and the temporary paths, the log destinations, the edge
 limits); the rest of the configuration is fixed in the template. The body cap defaults to the
 app's own (`M2FP_MAX_UPLOAD_MB` through `settings.Settings`, plus the room the JSON/base64 form
-needs), so nginx and the app refuse the same requests.
+needs), so nginx and the app refuse the same requests; the read timeout to the one derived from
+the app's latency target (`M2FP_LATENCY_TARGET_SECONDS`), so the app's 503 comes before 504.
 """
 
 from __future__ import annotations
@@ -92,6 +93,17 @@ def default_max_body_bytes() -> int:
     return max_body_bytes_for(Settings.from_env().max_upload_bytes)
 
 
+def default_read_timeout_s() -> int:
+    """nginx's wait for the app, from the app's latency target (`M2FP_LATENCY_TARGET_SECONDS`,
+    default 60): later than the engine's deadline, so the app answers 503 before nginx 504
+    (`http_contract.time_limits`)."""
+    if str(REPO) not in sys.path:
+        sys.path.insert(0, str(REPO))
+    from settings import Settings
+
+    return Settings.from_env().time_limits.proxy_read_timeout_s
+
+
 @dataclass(frozen=True)
 class NginxOptions:
     runtime_dir: Path
@@ -120,7 +132,7 @@ class NginxOptions:
     conns_per_client: int = 16
     uploads_per_client: int = 4
     body_timeout_s: int = 10  # between two reads of a request body
-    read_timeout_s: int = 120
+    read_timeout_s: int = field(default_factory=default_read_timeout_s)
     hsts_max_age: int = 63_072_000
     metrics_allow: tuple[str, ...] = ("127.0.0.1", "::1")
     real_ip_from: tuple[str, ...] = ()  # load balancers in front of nginx
@@ -426,7 +438,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--conns-per-client", type=int, default=16)
     p.add_argument("--uploads-per-client", type=int, default=4)
     p.add_argument("--body-timeout", type=int, default=10, help="seconds between body reads")
-    p.add_argument("--read-timeout", type=int, default=120, help="seconds to wait for the app")
+    p.add_argument(
+        "--read-timeout", type=int, help="seconds to wait for the app; default: from the target"
+    )
     p.add_argument("--hsts-max-age", type=int, default=63_072_000)
     p.add_argument("--metrics-allow", action="append", metavar="CIDR")
     p.add_argument("--real-ip-from", action="append", default=[], metavar="CIDR")
@@ -442,7 +456,11 @@ def options_from_args(args: argparse.Namespace) -> NginxOptions:
         static = None
     elif args.static_root:
         static = Path(args.static_root).resolve()
-    extra = {} if args.max_body_bytes is None else {"max_body_bytes": args.max_body_bytes}
+    extra: dict[str, int] = {}
+    if args.max_body_bytes is not None:
+        extra["max_body_bytes"] = args.max_body_bytes
+    if args.read_timeout is not None:
+        extra["read_timeout_s"] = args.read_timeout
     return NginxOptions(
         runtime_dir=args.runtime_dir.resolve(),
         cert=args.cert.resolve(),
@@ -464,7 +482,6 @@ def options_from_args(args: argparse.Namespace) -> NginxOptions:
         conns_per_client=args.conns_per_client,
         uploads_per_client=args.uploads_per_client,
         body_timeout_s=args.body_timeout,
-        read_timeout_s=args.read_timeout,
         hsts_max_age=args.hsts_max_age,
         metrics_allow=tuple(args.metrics_allow or ("127.0.0.1", "::1")),
         real_ip_from=tuple(args.real_ip_from),

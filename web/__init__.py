@@ -81,6 +81,7 @@ def init_app(app: Flask, settings: Settings, *, engine: Any = None, model: Any =
         memory=MemoryGuard(settings.memory_shed_fraction, default_probe(limit)),
         metrics=metrics,
         bans=abuse.bans,
+        deadline_s=settings.time_limits.engine_deadline_s,
     )
     metrics.bind(
         queue_depth=lambda: engine.queue_depth,

@@ -1,7 +1,8 @@
 """API v1: `POST /api/v1/parse`, `GET /api/v1/classes`, `GET /api/v1/openapi.json`.
 
-The parse view reads as the request travels: options → admission → upload → validate and
-decode (security) → inference (engine) → render (m2fp) → response.
+The parse view reads as the request travels: options → admission (a place in the engine's
+queue, held while the upload is read and decoded) → upload → validate and decode (security) →
+inference (engine) → render (m2fp) → response.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from web.inputs import read_upload
 from web.openapi import openapi_document
 from web.options import ParseOptions, legend_labels, parse_options
 from web.request_record import current_record
-from web.service import ParseService
+from web.service import ParseService, client_alive, yield_to_the_engine
 
 bp = Blueprint("api", __name__, url_prefix="/api/v1")
 
@@ -30,17 +31,18 @@ def _service() -> ParseService:
 
 @bp.post("/parse")
 def parse() -> Response:
+    yield_to_the_engine(request.environ)  # refusing and decoding come after the forward
     service, record = _service(), current_record()
     options = parse_options(request.args.to_dict(flat=False), request.accept_mimetypes)
-    service.admit()
-    upload = read_upload(request, max_bytes=service.policy.max_bytes)
-    record.bytes_in = len(upload.data)
-    started = time.perf_counter()
-    decoded = service.decode(upload, record.identity, full_size=options.size == "original")
-    record.image_size = decoded.original_size
-    record.trailer_bytes = decoded.trailer_bytes
-    decoded_at = time.perf_counter()
-    result, queued = service.infer(decoded.pixels)
+    with service.admit() as place:  # refused here, before the body is read or decoded
+        upload = read_upload(request, max_bytes=service.policy.max_bytes)
+        record.bytes_in = len(upload.data)
+        started = time.perf_counter()
+        decoded = service.decode(upload, record.identity, full_size=options.size == "original")
+        record.image_size = decoded.original_size
+        record.trailer_bytes = decoded.trailer_bytes
+        decoded_at = time.perf_counter()
+        result, queued = service.infer(decoded.pixels, place, client_alive(request.environ))
     record.persons = len(result.persons)
     inferred_at = time.perf_counter()
     response = _render(result, decoded.pixels, options)

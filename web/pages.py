@@ -15,16 +15,23 @@ from flask import Blueprint, current_app, render_template
 from http_contract import size_label
 from m2fp.labels import PALETTES_HEX
 from settings import Settings
-from web.service import ENGINE_TIMEOUT_S
 
 bp = Blueprint("pages", __name__)
 
 # Seconds the kiosk counts down before it takes the photo.
 KIOSK_COUNTDOWN_SECONDS = 3
-# On top of the engine's own deadline (queue + inference), time for the upload, the decode and
-# the answer: a client waiting this long never gives up on a parse the server still finishes.
+# On top of the longest the edge waits for the app's answer (itself beyond the engine's
+# deadline), time for the upload and the answer: a client waiting this long never gives up on a
+# parse the server still finishes.
 PARSE_MARGIN_SECONDS = 30
-PARSE_TIMEOUT_SECONDS = math.ceil(ENGINE_TIMEOUT_S) + PARSE_MARGIN_SECONDS
+
+
+def parse_timeout_seconds(settings: Settings) -> int:
+    """The pages' deadline for one parse, from M2FP_LATENCY_TARGET_SECONDS's time limits."""
+    return math.ceil(settings.time_limits.proxy_read_timeout_s) + PARSE_MARGIN_SECONDS
+
+
+PARSE_TIMEOUT_SECONDS = parse_timeout_seconds(Settings())  # with the default target
 
 
 def _settings() -> Settings:
@@ -38,7 +45,7 @@ def index() -> str:
         "index.html",
         max_upload_bytes=settings.max_upload_bytes,
         max_upload_label=size_label(settings.max_upload_bytes),
-        parse_timeout_seconds=PARSE_TIMEOUT_SECONDS,
+        parse_timeout_seconds=parse_timeout_seconds(settings),
         palettes=json.dumps(PALETTES_HEX, separators=(",", ":")),
     )
 
@@ -52,9 +59,9 @@ def kiosk() -> str:
         idle_seconds=settings.kiosk_idle_seconds,
         countdown_seconds=KIOSK_COUNTDOWN_SECONDS,
         notice=settings.kiosk_notice,
-        parse_timeout_seconds=PARSE_TIMEOUT_SECONDS,
+        parse_timeout_seconds=parse_timeout_seconds(settings),
         file_fallback=settings.kiosk_file_fallback,
     )
 
 
-__all__ = ["KIOSK_COUNTDOWN_SECONDS", "PARSE_TIMEOUT_SECONDS", "bp"]
+__all__ = ["KIOSK_COUNTDOWN_SECONDS", "PARSE_TIMEOUT_SECONDS", "bp", "parse_timeout_seconds"]

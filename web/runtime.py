@@ -46,6 +46,8 @@ def build_engine(
         "batch_max": settings.batch_max,
         "batch_wait_ms": settings.batch_wait_ms,
         "queue_max": settings.queue_max,
+        "latency_target_s": settings.latency_target_seconds,
+        "deadline_s": settings.time_limits.engine_deadline_s,
         "warmup": settings.warmup,
         "on_batch": on_batch,
     }

@@ -22,7 +22,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from nginx.render import NginxOptions
+from nginx.render import default_read_timeout_s
 from settings import PREFIX, Settings
 from tests.support.paths import REPO
 from web.metrics import ServiceMetrics
@@ -324,7 +324,7 @@ def test_termination_grace_covers_the_prestop_wait_and_the_drain(rendered):
     edge_spec = one(docs, "Deployment", "m2fp-edge")["spec"]["template"]["spec"]
     command = container(docs, "m2fp-edge", "edge")["lifecycle"]["preStop"]["exec"]["command"]
     wait = int(re.search(r"sleep (\d+); kill -QUIT 1$", command[-1]).group(1))
-    read_timeout = NginxOptions.__dataclass_fields__["read_timeout_s"].default
+    read_timeout = default_read_timeout_s()
     assert edge_spec["terminationGracePeriodSeconds"] >= wait + read_timeout
 
 

@@ -9,7 +9,15 @@ import time
 
 import pytest
 
-from m2fp.batching import EngineNotReady, MicroBatcher, QueueFull
+from m2fp.batching import (
+    SERVICE_TIME_WEIGHT,
+    ClientGone,
+    DeadlineExpired,
+    EngineNotReady,
+    MicroBatcher,
+    QueueFull,
+    TooSlow,
+)
 from tests.support.paths import REPO
 
 
@@ -187,11 +195,187 @@ def test_close_fails_pending_callers_and_refuses_new_ones() -> None:
         batcher.submit(3)
 
 
+# -- admission by count and by time --------------------------------------------------------------
+
+
+def test_reservations_count_against_the_queue_bound_until_taken_or_released() -> None:
+    gate = Gate()
+    batcher = MicroBatcher(gate, max_batch=1, max_wait_ms=0, queue_max=2)
+    batcher.start()
+    running = batcher.submit_future(1)
+    assert gate.entered.wait(5)
+    first, second = batcher.reserve(), batcher.reserve()  # nothing queued yet: both decoding
+    with pytest.raises(QueueFull) as refused:
+        batcher.reserve()
+    assert refused.value.retry_after >= 1
+    with pytest.raises(QueueFull):
+        batcher.submit_future(9)  # nor without a reservation
+    second.release()
+    second.release()  # idempotent: gives back one place, not two
+    with batcher.reserve():  # the place given back; left unused, given back again
+        pass
+    queued = batcher.submit_future(2, reservation=first)
+    with pytest.raises(ValueError):
+        batcher.submit_future(3, reservation=first)  # a reservation holds one place
+    assert batcher.depth == 1
+    gate.open.set()
+    assert (running.result(5), queued.result(5)) == (10, 20)
+    batcher.close()
+
+
+def test_service_time_is_a_moving_average_of_seconds_per_item() -> None:
+    delays = iter([0.2, 0.05])
+
+    def fn(items: list[int]) -> list[int]:
+        time.sleep(next(delays))
+        return items
+
+    batcher = MicroBatcher(fn, max_batch=2, max_wait_ms=0, queue_max=4, service_time_s=9.0)
+    assert batcher.service_time == 9.0  # the prior, before any measurement
+    batcher.start()
+    batcher.submit(1, timeout=5)
+    first = batcher.service_time
+    assert 0.2 <= first < 0.5  # the first measurement replaces the prior
+    batcher.seed_service_time(7.0)  # a prior no longer applies once measured
+    assert batcher.service_time == first
+    batcher.submit(2, timeout=5)
+    # the second batch (0.05 s) moves the average by its weight, no further
+    floor = first * (1 - SERVICE_TIME_WEIGHT) + 0.05 * SERVICE_TIME_WEIGHT
+    assert floor <= batcher.service_time < first
+    batcher.close()
+
+
+def test_admission_refuses_what_would_not_be_done_within_the_target() -> None:
+    gate = Gate()
+    # 1 s per item assumed; a target of 2.5 s: the running item, one queued, then the third
+    # would be done in 3 s.
+    batcher = MicroBatcher(
+        gate, max_batch=1, max_wait_ms=0, queue_max=8, latency_target_s=2.5, service_time_s=1.0
+    )
+    batcher.start()
+    assert batcher.expected_wait() == 1.0  # idle: its own forward
+    running = batcher.submit_future(1, reservation=batcher.reserve())
+    assert gate.entered.wait(5)
+    assert batcher.expected_wait() == 2.0
+    queued = batcher.submit_future(2, reservation=batcher.reserve())
+    assert batcher.expected_wait() == 3.0
+    started = time.perf_counter()
+    with pytest.raises(TooSlow) as refused:
+        batcher.reserve()
+    assert time.perf_counter() - started < 0.1
+    assert isinstance(refused.value, QueueFull)  # callers that map QueueFull to 503 keep working
+    assert refused.value.retry_after == 1  # 3 s expected - 2.5 s target, in whole seconds
+    gate.open.set()
+    assert (running.result(5), queued.result(5)) == (10, 20)
+    batcher.close()
+
+
+def test_retry_after_is_the_time_until_the_work_ahead_would_fit_the_target() -> None:
+    gate = Gate()
+    batcher = MicroBatcher(
+        gate, max_batch=1, max_wait_ms=0, queue_max=8, latency_target_s=13, service_time_s=4.0
+    )
+    batcher.start()
+    futures = [batcher.submit_future(1, reservation=batcher.reserve())]
+    assert gate.entered.wait(5)
+    futures.append(batcher.submit_future(2, reservation=batcher.reserve()))
+    held = batcher.reserve()  # done in 12 s; then decoding, it counts as work ahead too
+    with pytest.raises(TooSlow) as refused:
+        batcher.reserve()  # 3 ahead and its own at 4 s each: 16 s
+    assert refused.value.retry_after == 16 - 13
+    held.release()
+    gate.open.set()
+    assert [f.result(5) for f in futures] == [10, 20]
+    batcher.close()
+
+
+def test_the_next_item_is_admitted_even_when_one_forward_exceeds_the_target() -> None:
+    batcher = MicroBatcher(
+        lambda items: items, max_batch=1, latency_target_s=1.0, service_time_s=5.0
+    )
+    batcher.start()
+    with batcher.reserve() as place:  # nobody waits ahead of it: refusing it serves nobody
+        assert place.deadline is not None
+    batcher.close()
+
+
+def test_an_item_whose_deadline_passed_in_the_queue_is_dropped_not_computed() -> None:
+    gate = Gate()
+    batcher = MicroBatcher(gate, max_batch=1, max_wait_ms=0, queue_max=4, latency_target_s=0.2)
+    batcher.start()
+    running = batcher.submit_future(1)
+    assert gate.entered.wait(5)
+    place = batcher.reserve()
+    assert 0 < place.remaining <= 0.2
+    expired = batcher.submit_future(2, reservation=place)  # deadline: 0.2 s after reserve()
+    later = batcher.submit_future(3)  # no deadline
+    time.sleep(0.3)
+    gate.open.set()
+    assert running.result(5) == 10
+    with pytest.raises(DeadlineExpired):
+        expired.result(5)
+    assert later.result(5) == 30
+    assert gate.batches == [[1], [3]]
+    assert batcher.dropped_expired == 1
+    batcher.close()
+
+
+def test_a_waiting_caller_gives_up_at_its_reservations_deadline() -> None:
+    gate = Gate()
+    batcher = MicroBatcher(gate, max_batch=1, max_wait_ms=0, queue_max=4, latency_target_s=0.2)
+    batcher.start()
+    running = batcher.submit_future(1)
+    assert gate.entered.wait(5)
+    started = time.perf_counter()
+    with pytest.raises(TimeoutError):
+        batcher.submit(2, timeout=30, reservation=batcher.reserve())
+    assert 0.15 <= time.perf_counter() - started < 1.0  # the deadline, not the 30 s timeout
+    gate.open.set()
+    assert running.result(5) == 10
+    assert batcher.submit(3, timeout=5) == 30
+    assert gate.batches == [[1], [3]]
+    assert batcher.dropped_expired == 1
+    batcher.close()
+
+
+def test_an_item_whose_client_left_is_dropped_not_computed() -> None:
+    gate = Gate()
+    batcher = MicroBatcher(gate, max_batch=1, max_wait_ms=0, queue_max=4)
+    batcher.start()
+    running = batcher.submit_future(1)
+    assert gate.entered.wait(5)
+    connected = threading.Event()
+    connected.set()
+    outcome: list[BaseException] = []
+
+    def wait() -> None:
+        try:
+            batcher.submit(2, timeout=30, alive=connected.is_set)
+        except ClientGone as exc:
+            outcome.append(exc)
+
+    waiter = threading.Thread(target=wait)
+    waiter.start()
+    time.sleep(0.4)
+    assert waiter.is_alive() and batcher.depth == 1
+    connected.clear()  # the client hangs up
+    waiter.join(5)
+    assert not waiter.is_alive() and len(outcome) == 1
+    gate.open.set()
+    assert running.result(5) == 10
+    assert batcher.submit(3, timeout=5) == 30
+    assert gate.batches == [[1], [3]]
+    assert batcher.dropped_gone == 1
+    batcher.close()
+
+
 def test_invalid_bounds() -> None:
     with pytest.raises(ValueError):
         MicroBatcher(lambda items: items, max_batch=0)
     with pytest.raises(ValueError):
         MicroBatcher(lambda items: items, queue_max=0)
+    with pytest.raises(ValueError):
+        MicroBatcher(lambda items: items, latency_target_s=0)
 
 
 def test_the_batcher_imports_no_torch() -> None:

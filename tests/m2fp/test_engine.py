@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 
-from m2fp.engine import EngineNotReady, InferenceEngine, QueueFull
+from m2fp.engine import ClientGone, EngineNotReady, InferenceEngine, QueueFull, TooSlow
 from m2fp.parser import Parser
 from tests.support.model_factory import make_tiny_model
 from tests.support.paths import REPO
@@ -153,6 +153,77 @@ def test_engine_queue_full_and_on_batch() -> None:
     first.join(60)
     second.join(60)
     assert len(results) == 2 and batches == [1, 1]
+    eng.close()
+
+
+def test_warm_up_is_the_service_time_until_batches_are_measured() -> None:
+    eng = InferenceEngine(model=make_tiny_model(0), device="cpu", parser_options=NATIVE)
+    assert eng.service_time == 0.0  # nothing known before start
+    eng.start()
+    warm = eng.service_time
+    assert warm > 0 and eng.expected_wait == pytest.approx(warm)
+    eng.parse(_images()[0], timeout=60)  # a small image: measured, it replaces the warm-up
+    assert 0 < eng.service_time != warm
+    eng.close()
+
+
+def test_admission_by_expected_wait_and_the_dropped_images() -> None:
+    model = make_tiny_model(0)
+    gate, entered = threading.Event(), threading.Event()
+    forwards: list[int] = []
+
+    def hold(m: torch.nn.Module, args: tuple) -> None:
+        forwards.append(1)
+        entered.set()
+        assert gate.wait(30)
+
+    eng = InferenceEngine(
+        model=model,
+        device="cpu",
+        warmup=False,
+        batch_max=1,
+        batch_wait_ms=0,
+        queue_max=8,
+        latency_target_s=25,
+        service_time_s=10,
+        parser_options=NATIVE,
+    )
+    with pytest.raises(EngineNotReady):
+        eng.admit()
+    eng.start()
+    eng.parser.model.register_forward_pre_hook(hold)
+    image = _images()[3]
+    results: list = []
+    first = threading.Thread(
+        target=lambda: results.append(eng.parse(image, reservation=eng.admit()))
+    )
+    first.start()
+    assert entered.wait(30)
+    gone: list[BaseException] = []
+    connected = threading.Event()
+    connected.set()
+
+    def leaves() -> None:
+        try:
+            eng.parse(image, reservation=eng.admit(), alive=connected.is_set)
+        except ClientGone as exc:
+            gone.append(exc)
+
+    second = threading.Thread(target=leaves)
+    second.start()
+    deadline = time.monotonic() + 10
+    while eng.queue_depth < 1 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert eng.expected_wait == 30  # 10 s per image: running, queued, its own
+    with pytest.raises(TooSlow) as refused:
+        eng.admit()
+    assert refused.value.retry_after == 5
+    connected.clear()
+    second.join(10)
+    assert len(gone) == 1 and eng.dropped == {"expired": 0, "gone": 1}
+    gate.set()
+    first.join(60)
+    assert len(results) == 1 and forwards == [1]  # the second image never ran
     eng.close()
 
 

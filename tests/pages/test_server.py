@@ -86,10 +86,19 @@ def test_kiosk_carries_idle_time_and_escaped_notice(client):
 
 
 @pytest.mark.parametrize("path", ["/", "/kiosk"])
-def test_client_deadline_is_never_shorter_than_the_servers(client, path):
+def test_client_deadline_is_never_shorter_than_the_servers(client, tiny_model_dir, path):
     attrs = body_attrs(collect(client.get(path).get_data(as_text=True)))
     assert int(attrs["data-parse-timeout-seconds"]) == PARSE_TIMEOUT_SECONDS
     assert PARSE_TIMEOUT_SECONDS >= ENGINE_TIMEOUT_S
+    # and follows the operator's latency target, never below the edge's wait for the app
+    slow = make_app(tiny_model_dir, latency_target_seconds=300)
+    try:
+        page = slow.test_client().get("/")
+        limits = slow.extensions["m2fp_settings"].time_limits
+        (given,) = re.findall(r'data-parse-timeout-seconds="(\d+)"', page.get_data(as_text=True))
+        assert int(given) > limits.proxy_read_timeout_s > limits.engine_deadline_s >= 300
+    finally:
+        close_app(slow)
 
 
 def test_index_carries_the_palettes_and_kiosk_no_file_dialog_by_default(client, tiny_model_dir):
