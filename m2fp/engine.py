@@ -25,6 +25,7 @@ from m2fp.build import load_model
 from m2fp.modeling.m2fp import M2FP
 from m2fp.optimize import optimize_for_inference
 from m2fp.parser import Parser, ParsingResult, PreparedImage
+from m2fp.queue_stats import QueueStats, ServiceClock
 
 log = logging.getLogger(__name__)
 
@@ -114,8 +115,9 @@ class InferenceEngine:
         self._start_lock = threading.Lock()
         self._ready = threading.Event()
         self._closed = False
+        self._clock = ServiceClock()  # images running, seconds per image: `stats()`
         self._batcher: MicroBatcher[PreparedImage, ParsingResult] = MicroBatcher(
-            self._run_batch,
+            self._clock.timed(self._run_batch),
             max_batch=1 if batch_max is None else batch_max,  # set in start() when None
             max_wait_ms=batch_wait_ms,
             queue_max=queue_max,
@@ -132,6 +134,11 @@ class InferenceEngine:
     @property
     def queue_depth(self) -> int:
         return self._batcher.depth
+
+    def stats(self) -> QueueStats:
+        """The queue now: images waiting and running, the batch size, the measured seconds
+        per image and the expected wait of an image queued now (cheap; no per-request data)."""
+        return self._clock.stats(queued=self._batcher.depth, capacity=self._batcher.max_batch)
 
     @property
     def parser(self) -> Parser:

@@ -313,6 +313,40 @@ def _schemas() -> dict[str, Any]:
     }
 
 
+def _queue_operation() -> dict[str, Any]:
+    seconds = {"type": ["number", "null"], "minimum": 0}
+    counts = {"type": "integer", "minimum": 0}
+    return {
+        "operationId": "queue",
+        "summary": "How long a parse would wait now: images waiting and running, the batch"
+        " size, measured seconds per image. No per-request data; not rate limited.",
+        "responses": {
+            "200": _json_response(
+                "A snapshot of this worker's queue.",
+                {
+                    "type": "object",
+                    "required": [
+                        "ready",
+                        "queued",
+                        "running",
+                        "capacity",
+                        "service_seconds",
+                        "expected_wait_seconds",
+                    ],
+                    "properties": {
+                        "ready": {"type": "boolean"},
+                        "queued": counts,
+                        "running": counts,
+                        "capacity": {"type": "integer", "minimum": 1},
+                        "service_seconds": seconds,
+                        "expected_wait_seconds": seconds,
+                    },
+                },
+            )
+        },
+    }
+
+
 def openapi_document(app: Flask) -> dict[str, Any]:
     settings = app.extensions["m2fp_settings"]
     html = {"content": {"text/html": {"schema": {"type": "string"}}}}
@@ -373,6 +407,7 @@ def openapi_document(app: Flask) -> dict[str, Any]:
                     },
                 }
             },
+            "/api/v1/queue": {"get": _queue_operation()},
             "/api/v1/openapi.json": {
                 "get": {
                     "operationId": "openapi",
