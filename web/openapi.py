@@ -318,8 +318,9 @@ def _queue_operation() -> dict[str, Any]:
     counts = {"type": "integer", "minimum": 0}
     return {
         "operationId": "queue",
-        "summary": "How long a parse would wait now: images waiting and running, the batch"
-        " size, measured seconds per image. No per-request data; not rate limited.",
+        "summary": "How long a parse would wait now: parse requests in flight, images waiting"
+        " and running, the batch size, measured seconds per image. No per-request data; not"
+        " rate limited.",
         "responses": {
             "200": _json_response(
                 "A snapshot of this worker's queue.",
@@ -327,6 +328,7 @@ def _queue_operation() -> dict[str, Any]:
                     "type": "object",
                     "required": [
                         "ready",
+                        "in_flight",
                         "queued",
                         "running",
                         "capacity",
@@ -335,6 +337,7 @@ def _queue_operation() -> dict[str, Any]:
                     ],
                     "properties": {
                         "ready": {"type": "boolean"},
+                        "in_flight": counts,
                         "queued": counts,
                         "running": counts,
                         "capacity": {"type": "integer", "minimum": 1},

@@ -4,6 +4,7 @@
 
 import { openPhoto, pageSettings, ParseError, parseImage } from "./api.js";
 import { Compositor } from "./compositor.js";
+import { ParseProgress } from "./progress.js";
 import { decodeResult, hexToRgb } from "./result.js";
 
 const $ = (id) => document.getElementById(id);
@@ -84,11 +85,37 @@ function setBusy(text, fraction = null) {
   const busy = $("busy");
   busy.hidden = text === null;
   $("workspace").classList.toggle("is-busy", text !== null);
+  // While a new photo is on its way the kept result's controls rest: out of reach for the
+  // pointer, the keyboard and screen readers alike (dimmed by CSS), until it arrives.
+  for (const id of ["panel", "toolbar"]) $(id).inert = text !== null;
   if (text === null) return;
   $("busy-text").textContent = text;
   const bar = $("busy-progress");
   if (fraction === null) bar.removeAttribute("value");
   else bar.value = Math.round(fraction * 100);
+}
+
+const PHASE_TEXT = {
+  queue: "Waiting for a turn…",
+  parse: "Finding people and parts…",
+};
+
+/** The progress card: what happens now, the place in the queue, time left, time elapsed. */
+function showProgress(facts) {
+  if (facts.phase === "upload") {
+    const fraction = facts.uploadFraction;
+    setBusy(`Uploading… ${Math.round(fraction * 100)}%`, fraction);
+  } else {
+    setBusy(PHASE_TEXT[facts.phase]);
+  }
+  for (const [id, text] of [
+    ["busy-place", facts.placeText],
+    ["busy-left", facts.leftText],
+  ]) {
+    $(id).textContent = text;
+    $(id).hidden = !text;
+  }
+  $("busy-elapsed").textContent = facts.elapsedText;
 }
 
 function showError(error, { kept = false } = {}) {
@@ -333,21 +360,33 @@ async function handleFile(file) {
     fitCanvas();
     canvas.setAttribute("aria-label", "Your photo, being parsed");
   }
-  setBusy("Uploading…", 0);
+  const progress = new ParseProgress((facts) => {
+    if (inFlight === controller) showProgress(facts);
+  });
   announce("Uploading the photo.");
+  // Never shorter than the server's own deadline (web/pages.py renders it into the page):
+  // giving up first would throw away a parse the server still finishes.
+  let timedOut = false;
+  const deadline = settings.parseTimeoutSeconds
+    ? setTimeout(() => {
+        timedOut = true;
+        controller.abort();
+      }, settings.parseTimeoutSeconds * 1000)
+    : 0;
   try {
     const { json, text } = await parseImage(blob, {
       params: { instances: "true", mask_format: "rle" },
       maxBytes: settings.maxBytes,
       signal: controller.signal,
       onProgress: (phase, fraction) => {
-        if (phase === "upload") setBusy(`Uploading… ${Math.round(fraction * 100)}%`, fraction);
+        if (phase === "upload") progress.upload(fraction);
         else {
-          setBusy("Finding people and parts…");
-          announce("Parsing the photo.");
+          progress.uploaded();
+          announce("Uploaded. Waiting for the result.");
         }
       },
     });
+    progress.stop();
     const result = await decodeResult(json);
     if (inFlight !== controller) return;
     inFlight = null;
@@ -371,7 +410,14 @@ async function handleFile(file) {
     inFlight = null;
     setBusy(null);
     if (!kept) clearResult({ keepFile: true });
-    if (error.code !== "aborted") {
+    if (timedOut) {
+      const late = new ParseError(
+        "This took too long.",
+        "The service didn't answer in time. Try again, perhaps with a smaller photo.",
+      );
+      showError(late, { kept });
+      announce(late.title + (kept ? " The previous result is kept." : ""));
+    } else if (error.code !== "aborted") {
       const shown =
         error instanceof ParseError
           ? error
@@ -381,9 +427,13 @@ async function handleFile(file) {
         (error.title || "Something went wrong.") + (kept ? " The previous result is kept." : ""),
       );
     } else {
-      announce(kept ? "Cancelled. The previous result is kept." : "Cancelled.");
+      const said = kept ? "Cancelled. The previous result is kept." : "Cancelled.";
+      toast(said);
+      announce(said);
     }
   } finally {
+    progress.stop();
+    clearTimeout(deadline);
     photo.close();
     if (inFlight === controller) inFlight = null;
   }

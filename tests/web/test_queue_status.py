@@ -42,6 +42,7 @@ def test_idle_engine_before_any_parse(client):
     assert r.status_code == 200 and r.mimetype == "application/json"
     assert r.get_json() == {
         "ready": True,
+        "in_flight": 0,
         "queued": 0,
         "running": 0,
         "capacity": 1,  # the CPU's default batch size
@@ -70,6 +71,7 @@ def test_waiting_and_running_images_then_the_measured_service_time(make_app, gat
     busy = client.get(QUEUE).get_json()
     assert busy == {
         "ready": True,
+        "in_flight": 3,  # the three parses, each waiting for its answer
         "queued": 2,
         "running": 1,
         "capacity": 1,
@@ -82,7 +84,7 @@ def test_waiting_and_running_images_then_the_measured_service_time(make_app, gat
         sender.join(30)
     assert answers == [200, 200, 200]
     idle = client.get(QUEUE).get_json()
-    assert idle["queued"] == 0 and idle["running"] == 0
+    assert idle["in_flight"] == 0 and idle["queued"] == 0 and idle["running"] == 0
     assert idle["service_seconds"] > 0
     # an image sent now waits for nothing but its own forward
     assert idle["expected_wait_seconds"] == pytest.approx(idle["service_seconds"], abs=0.002)
@@ -122,6 +124,7 @@ def test_not_rate_limited_and_no_per_request_data(make_app):
         assert not any(h.lower().startswith("x-ratelimit") for h, _ in r.headers.items())
     assert set(r.get_json()) == {
         "ready",
+        "in_flight",
         "queued",
         "running",
         "capacity",
