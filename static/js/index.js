@@ -13,9 +13,13 @@ const canvas = $("canvas");
 const compositor = new Compositor(canvas);
 const objectUrls = new Set();
 
-let session = null; // {json, text, result} of the result on screen
+// The result on screen: {json, text, result, blob, name, ownSize, full}. `name` is the base of
+// download names, `ownSize` the photo's own {width, height} (EXIF orientation applied), `full`
+// the same result at that size once asked for (a second parse, on demand).
+let session = null;
 let inFlight = null; // AbortController of the running request
 let lastFile = null; // kept for "Try again" after a 429/503, dropped on clear
+let lastName = ""; // its file name, for download names
 let retryTimer = 0;
 let hoverHighlight = null;
 let pinned = null; // {kind: "person" | "class", id}: singled out by a click or a tap
@@ -63,6 +67,17 @@ function foundText(result) {
   if (!parts) return "Nobody was found in this photo.";
   if (!persons) return `Found ${kindsOfPart(parts)}, but no person the model is sure of.`;
   return `Found ${people(persons)} and ${kindsOfPart(parts)}.`;
+}
+
+/** The base of download names: `beach.jpg` → "beach"; no name (a pasted image) → "photo". */
+function baseName(name) {
+  const stem = (name || "").replace(/\.[^.]*$/, "");
+  const safe = stem
+    .normalize("NFC")
+    .replace(/[^\p{L}\p{N}._-]+/gu, "-")
+    .replace(/^[-.]+|[-.]+$/g, "")
+    .slice(0, 80);
+  return safe || "photo";
 }
 
 function percent(fraction) {
@@ -336,7 +351,7 @@ function showTiming(json, result) {
 
 // ---- the flow ------------------------------------------------------------------------------
 
-async function handleFile(file) {
+async function handleFile(file, { name = file.name } = {}) {
   hideError();
   let blob;
   let photo;
@@ -348,6 +363,8 @@ async function handleFile(file) {
     return;
   }
   lastFile = blob;
+  lastName = name;
+  const ownSize = { width: photo.width, height: photo.height };
   inFlight?.abort();
   const controller = new AbortController();
   inFlight = controller;
@@ -396,9 +413,10 @@ async function handleFile(file) {
     compositor.load(photo, applyPalette(result));
     resetView();
     fitCanvas();
-    session = { json, text, result };
+    session = { json, text, result, blob, name: baseName(name), ownSize, full: null };
     renderLegend(result);
     renderPersons(result);
+    renderExports(result);
     describeCanvas(result);
     showTiming(json, result);
     setBusy(null);
@@ -446,12 +464,17 @@ function clearResult({ keepFile = false } = {}) {
   compositor.clear();
   for (const url of objectUrls) URL.revokeObjectURL(url);
   objectUrls.clear();
+  if (session?.full) session.full.compositor.clear();
   session = null;
   if (!keepFile) lastFile = null;
   hoverHighlight = null;
   pinned = null;
   $("legend").replaceChildren();
   $("persons").replaceChildren();
+  $("export-list").replaceChildren();
+  $("exports").open = false;
+  $("full-size").checked = false;
+  $("full-size-row").hidden = true;
   $("legend-count").textContent = "";
   $("persons-count").textContent = "";
   $("timing").textContent = "";
@@ -523,7 +546,7 @@ $("cancel").addEventListener("click", () => {
 });
 $("error-dismiss").addEventListener("click", hideError);
 $("error-retry").addEventListener("click", () => {
-  if (lastFile) handleFile(lastFile);
+  if (lastFile) handleFile(lastFile, { name: lastName });
 });
 
 $("opacity").addEventListener("input", (e) => {
@@ -543,15 +566,121 @@ $("split").addEventListener("input", (e) => {
 });
 $("show-all").addEventListener("click", () => setAllClasses(true));
 $("show-none").addEventListener("click", () => setAllClasses(false));
-$("download-overlay").addEventListener("click", async () => {
-  if (session) download(await compositor.exportPng(), "parsing-overlay.png");
-});
-$("download-labels").addEventListener("click", () => {
+// ---- exports -------------------------------------------------------------------------------
+// Drawn in the browser from the result on screen (its working size); with "The photo's own
+// size" ticked, from a second parse of the same photo at its own size (`size=original`), made
+// once on demand and forgotten with the result. Names come from the photo's name.
+
+function renderExports(result) {
+  const { width, height } = session.ownSize;
+  const larger = width !== result.width || height !== result.height;
+  $("full-size-row").hidden = !larger;
+  $("full-size-label").textContent = `${width} × ${height} px`;
+  $("work-size-label").textContent = `${result.width} × ${result.height} px`;
+  const list = $("export-list");
+  list.replaceChildren();
+  if (!result.persons.length) {
+    list.append(el("li", { className: "panel-hint", textContent: "No person was found." }));
+  }
+  for (const p of result.persons) {
+    const button = (kind, text) => {
+      const b = el("button", { type: "button", className: "btn btn-tiny btn-secondary" }, [text]);
+      b.dataset.person = p.id;
+      b.dataset.kind = kind;
+      b.setAttribute("aria-label", `Person ${p.id}: ${text.toLowerCase()} PNG`);
+      return b;
+    };
+    list.append(
+      el("li", { className: "export-row" }, [
+        el("span", { textContent: `Person ${p.id}` }),
+        button("mask", "Mask"),
+        button("cutout", "Cutout"),
+      ]),
+    );
+  }
+}
+
+/** The result to export from: the one on screen, or the same at the photo's own size. */
+async function exportSource() {
+  const current = session;
+  if (!$("full-size").checked || $("full-size-row").hidden) {
+    return { compositor, json: current.json, text: current.text, result: current.result };
+  }
+  if (!current.full) {
+    toast("Parsing the photo at its own size…");
+    const { json, text } = await parseImage(current.blob, {
+      params: { instances: "true", mask_format: "rle", size: "original" },
+      maxBytes: settings.maxBytes,
+    });
+    const result = applyPalette(await decodeResult(json));
+    const photo = await createImageBitmap(current.blob, { imageOrientation: "from-image" });
+    const full = new Compositor(new OffscreenCanvas(1, 1));
+    try {
+      full.load(photo, result);
+    } finally {
+      photo.close();
+    }
+    if (session !== current) {
+      full.clear(); // cleared while it was being made
+      return null;
+    }
+    current.full = { compositor: full, json, text, result };
+  }
+  const { compositor: full } = current.full;
+  full.alpha = compositor.alpha;
+  full.hidden = new Set(compositor.hidden);
+  return current.full;
+}
+
+/** Run `make(source)` for a Blob and download it as `<photo>-<suffix>`. */
+async function save(suffix, make) {
   if (!session) return;
-  download(new Blob([session.result.labelPng], { type: "image/png" }), "parsing-labels.png");
+  const name = `${session.name}-${suffix}`;
+  let blob;
+  try {
+    const source = await exportSource();
+    if (!source) return;
+    blob = await make(source);
+  } catch (error) {
+    const why = error instanceof ParseError ? error.detail || error.title : String(error);
+    toast(`The full-size file couldn't be made. ${why}`);
+    return;
+  }
+  if (blob) download(blob, name);
+}
+
+function chosenParts() {
+  return session.result.classes
+    .map((c) => c.id)
+    .filter((id) => id !== 0 && !compositor.hidden.has(id));
+}
+
+$("download-overlay").addEventListener("click", () =>
+  save("overlay.png", (s) => s.compositor.exportPng()),
+);
+$("download-cutout").addEventListener("click", () => {
+  if (!session) return;
+  const parts = chosenParts();
+  if (!parts.length) {
+    toast("Tick at least one part for the cutout.");
+    return;
+  }
+  save("cutout.png", (s) => s.compositor.exportCutout(parts));
 });
-$("download-json").addEventListener("click", () => {
-  if (session) download(new Blob([session.text], { type: "application/json" }), "parsing.json");
+$("download-labels").addEventListener("click", () =>
+  save("labels.png", (s) => new Blob([s.result.labelPng], { type: "image/png" })),
+);
+$("download-json").addEventListener("click", () =>
+  save("parsing.json", (s) => new Blob([s.text], { type: "application/json" })),
+);
+$("export-list").addEventListener("click", (e) => {
+  const button = e.target.closest("button[data-person]");
+  if (!button || !session) return;
+  const id = Number(button.dataset.person);
+  const kind = button.dataset.kind;
+  save(`person-${id}-${kind}.png`, (s) =>
+    kind === "mask" ? s.compositor.exportPersonMask(id) : s.compositor.exportPersonCutout(id),
+  );
 });
 $("copy-overlay").addEventListener("click", copyOverlay);
 
@@ -782,6 +911,10 @@ $("palette").addEventListener("change", () => {
   if (!session) return;
   applyPalette(session.result);
   compositor.recolour(session.result.classes);
+  if (session.full) {
+    session.full.compositor.clear(); // made again, in the new colours, when next asked for
+    session.full = null;
+  }
   const colours = new Map(session.result.classes.map((c) => [c.id, c.color]));
   for (const node of document.querySelectorAll("#legend .swatch, #persons .dot")) {
     node.style.setProperty("--swatch", colours.get(Number(node.dataset.class)) || "#888");
@@ -822,7 +955,8 @@ document.addEventListener("paste", (e) => {
   const file = [...(e.clipboardData?.files || [])][0];
   if (file) {
     e.preventDefault();
-    handleFile(file);
+    // A pasted image has no name of its own (browsers call it "image.png"): "photo-…".
+    handleFile(file, { name: "" });
   } else if (!e.target.closest?.("input, textarea")) {
     toast("There is no image on the clipboard.");
   }
