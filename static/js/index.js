@@ -466,7 +466,11 @@ function clearResult({ keepFile = false } = {}) {
   objectUrls.clear();
   if (session?.full) session.full.compositor.clear();
   session = null;
-  if (!keepFile) lastFile = null;
+  if (!keepFile) {
+    lastFile = null;
+    lastName = "";
+  }
+  $("save-status").textContent = "";
   hoverHighlight = null;
   pinned = null;
   $("legend").replaceChildren();
@@ -607,11 +611,30 @@ async function exportSource() {
     return { compositor, json: current.json, text: current.text, result: current.result };
   }
   if (!current.full) {
-    toast("Parsing the photo at its own size…");
-    const { json, text } = await parseImage(current.blob, {
-      params: { instances: "true", mask_format: "rle", size: "original" },
-      maxBytes: settings.maxBytes,
+    const status = $("save-status");
+    const progress = new ParseProgress((facts) => {
+      if (session !== current) return;
+      const lines = [PHASE_TEXT[facts.phase] || "Sending the photo again…", facts.placeText];
+      status.textContent = [...lines, facts.leftText, facts.elapsedText]
+        .filter(Boolean)
+        .join(" · ");
     });
+    announce("Parsing the photo again at its own size.");
+    let answer;
+    try {
+      answer = await parseImage(current.blob, {
+        params: { instances: "true", mask_format: "rle", size: "original" },
+        maxBytes: settings.maxBytes,
+        onProgress: (phase, fraction) => {
+          if (phase === "upload") progress.upload(fraction);
+          else progress.uploaded();
+        },
+      });
+    } finally {
+      progress.stop();
+      if (session === current) status.textContent = "";
+    }
+    const { json, text } = answer;
     const result = applyPalette(await decodeResult(json));
     const photo = await createImageBitmap(current.blob, { imageOrientation: "from-image" });
     const full = new Compositor(new OffscreenCanvas(1, 1));

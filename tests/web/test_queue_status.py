@@ -133,6 +133,17 @@ def test_not_rate_limited_and_no_per_request_data(make_app):
     }
 
 
+def test_refused_and_failed_parses_leave_no_count_behind(make_app):
+    app = make_app(rate_limit="3 per minute")
+    client = app.test_client()
+    bodies = [images.png(64, 48), b"not an image", images.png(64, 48), images.png(64, 48)]
+    statuses = [
+        client.post(PARSE, data=body, content_type="image/png").status_code for body in bodies
+    ]
+    assert statuses == [200, 415, 200, 429]  # parsed, refused by the checks, by the limit
+    assert client.get(QUEUE).get_json()["in_flight"] == 0
+
+
 def test_not_ready_while_the_model_loads(make_app, tiny_model):
     engine = InferenceEngine(model=tiny_model, device="cpu", warmup=False)
     go = threading.Event()
