@@ -185,8 +185,8 @@ def test_progress_card_then_cancel_keeps_the_result(gated, browser, name, viewpo
         assert page.is_hidden("#error")
         assert np.array_equal(canvas_pixels(page, "#canvas"), before)
         assert legend_ids(page) == legend
+        assert_accessible(page, f"cancelled, {name}, {scheme}")  # waits for the toast to show
         shoot(page, f"index-cancelled-{name}")
-        assert_accessible(page, f"cancelled, {name}, {scheme}")
         assert any("/api/v1/parse" in f and "ABORTED" in f for f in failed), failed
 
         # The server's side: the engine is left with no work once the gate opens.
