@@ -588,7 +588,7 @@ function renderExports(result) {
   }
   for (const p of result.persons) {
     const button = (kind, text) => {
-      const b = el("button", { type: "button", className: "btn btn-tiny btn-secondary" }, [text]);
+      const b = el("button", { type: "button", className: "btn btn-small btn-secondary" }, [text]);
       b.dataset.person = p.id;
       b.dataset.kind = kind;
       b.setAttribute("aria-label", `Person ${p.id}: ${text.toLowerCase()} PNG`);

@@ -19,6 +19,7 @@ from tests.support.axe import assert_accessible
 from tests.support.images import decode_array, photo
 from tests.support.pages import (
     DESKTOP,
+    PHONE,
     assert_clean,
     browser_context,
     drop_file,
@@ -130,6 +131,20 @@ def test_downloads_are_named_after_the_photo_and_hold_what_they_say(server, brow
             )
             assert name == f"beach-person-{person['id']}-cutout.png"
             assert np.array_equal(decode_array(data)[..., 3] == 255, mask)
+        assert_clean(page, log)
+
+
+def test_exports_menu_on_a_phone_in_the_dark(server, browser):
+    with browser_context(browser, viewport=PHONE, color_scheme="dark", has_touch=True) as ctx:
+        page, log = open_page(ctx, server.url + "/")
+        answer = parse_beach(page)
+        page.click("#exports summary")
+        rows = page.eval_on_selector_all("#export-list li", "(items) => items.length")
+        assert rows == len(answer["persons"])
+        page.check("#full-size")
+        page.eval_on_selector("#exports", "(menu) => menu.scrollIntoView({ block: 'end' })")
+        assert_accessible(page, "exports menu, phone, dark")
+        shoot(page, "index-exports-menu-phone-dark")
         assert_clean(page, log)
 
 
