@@ -20,6 +20,7 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
+from dataclasses import dataclass
 from typing import Generic, TypeVar
 
 log = logging.getLogger(__name__)
@@ -58,6 +59,28 @@ class ClientGone(RuntimeError):
 
 class EngineNotReady(RuntimeError):
     """The engine is not started yet, or closed (the service answers 503 not_ready)."""
+
+
+@dataclass(frozen=True)
+class QueueStats:
+    """A snapshot of the queue, for people waiting on it (no per-request data).
+
+    Attributes:
+        queued: items ahead of a newcomer that are not running: waiting for the worker, or
+            admitted and still being prepared (reserved).
+        running: items in the batch being run now.
+        capacity: most items run together (the batch size).
+        service_seconds: seconds per item (the moving average of recent batches, or the prior
+            before the first); None while there is neither.
+        expected_wait_seconds: seconds until an item admitted now would be done (the work
+            ahead and its own at `service_seconds` each); None with no `service_seconds`.
+    """
+
+    queued: int
+    running: int
+    capacity: int
+    service_seconds: float | None
+    expected_wait_seconds: float | None
 
 
 class MicroBatcher(Generic[T, R]):
@@ -149,6 +172,18 @@ class MicroBatcher(Generic[T, R]):
         running items) and its own, at the measured seconds per item."""
         with self._cond:
             return self._expected_wait()
+
+    def stats(self) -> QueueStats:
+        """The queue now, read under one lock."""
+        with self._cond:
+            known = self._measured or self._service_time > 0
+            return QueueStats(
+                queued=len(self._items) + self._reserved,
+                running=self._running,
+                capacity=self.max_batch,
+                service_seconds=self._service_time if known else None,
+                expected_wait_seconds=self._expected_wait() if known else None,
+            )
 
     def _expected_wait(self) -> float:
         ahead = len(self._items) + self._reserved + self._running
@@ -435,6 +470,7 @@ class Reservation:
 
 
 __all__ = [
+    "QueueStats",
     "ClientGone",
     "DeadlineExpired",
     "EngineNotReady",

@@ -26,6 +26,7 @@ from m2fp.batching import (
     EngineNotReady,
     MicroBatcher,
     QueueFull,
+    QueueStats,
     Reservation,
     TooSlow,
 )
@@ -154,6 +155,11 @@ class InferenceEngine:
     @property
     def queue_depth(self) -> int:
         return self._batcher.depth
+
+    def stats(self) -> QueueStats:
+        """The queue now: images waiting and running, the batch size, the measured seconds
+        per image and the expected wait of an image queued now (cheap; no per-request data)."""
+        return self._batcher.stats()
 
     @property
     def service_time(self) -> float:

@@ -44,7 +44,7 @@ def configure_logging() -> None:
 
 
 def init_app(app: Flask, settings: Settings, *, engine: Any = None, model: Any = None) -> None:
-    from web import api, ops, pages
+    from web import api, ops, pages, queue_status
 
     configure_logging()
     app.config.from_mapping(context.flask_config(settings))
@@ -62,7 +62,7 @@ def init_app(app: Flask, settings: Settings, *, engine: Any = None, model: Any =
     _count_requests(app, metrics)
     headers.init_app(app, cors_origins=settings.cors_origins)
     errors.init_app(app)
-    for blueprint in (api.bp, ops.bp, pages.bp):
+    for blueprint in (api.bp, ops.bp, pages.bp, queue_status.bp):
         app.register_blueprint(blueprint)
     abuse = gate.init_app(
         app,

@@ -402,6 +402,43 @@ def _schemas() -> dict[str, Any]:
     }
 
 
+def _queue_operation() -> dict[str, Any]:
+    seconds = {"type": ["number", "null"], "minimum": 0}
+    counts = {"type": "integer", "minimum": 0}
+    return {
+        "operationId": "queue",
+        "summary": "How long a parse would wait now: parse requests in flight, images waiting"
+        " and running, the batch size, measured seconds per image. No per-request data; not"
+        " rate limited.",
+        "responses": {
+            "200": _json_response(
+                "A snapshot of this worker's queue.",
+                {
+                    "type": "object",
+                    "required": [
+                        "ready",
+                        "in_flight",
+                        "queued",
+                        "running",
+                        "capacity",
+                        "service_seconds",
+                        "expected_wait_seconds",
+                    ],
+                    "properties": {
+                        "ready": {"type": "boolean"},
+                        "in_flight": counts,
+                        "queued": counts,
+                        "running": counts,
+                        "capacity": {"type": "integer", "minimum": 1},
+                        "service_seconds": seconds,
+                        "expected_wait_seconds": seconds,
+                    },
+                },
+            )
+        },
+    }
+
+
 def openapi_document(app: Flask) -> dict[str, Any]:
     document = _document(app)
     # Any operation may fail unexpectedly: a JSON 500 with the request id (web/errors.py).
@@ -478,6 +515,7 @@ def _document(app: Flask) -> dict[str, Any]:
                     },
                 }
             },
+            "/api/v1/queue": {"get": _queue_operation()},
             "/api/v1/openapi.json": {
                 "get": {
                     "operationId": "openapi",

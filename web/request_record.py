@@ -36,6 +36,7 @@ class RequestRecord:
     error_code: str | None = None  # the code of the error response, if one was sent
     retry_after: int | None = None  # the service's own Retry-After, in seconds
     audited: bool = False  # the audit line is written (after_request hooks may run twice)
+    in_flight: bool = False  # counted among the parses in flight (web/queue_status.py)
 
     @classmethod
     def start(cls, incoming_id: str) -> RequestRecord:

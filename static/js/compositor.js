@@ -180,6 +180,56 @@ export class Compositor {
     return canvas.convertToBlob({ type: "image/png" });
   }
 
+  /** A PNG of `width` × `height` whose pixel i gets `fill(out, i * 4, i)`. */
+  async #pngOf(fill) {
+    const { width, height } = this.result;
+    const canvas = new OffscreenCanvas(width, height);
+    const ctx = canvas.getContext("2d");
+    const image = ctx.createImageData(width, height);
+    const out = image.data;
+    for (let i = 0; i < width * height; i++) fill(out, i * 4, i);
+    ctx.putImageData(image, 0, 0);
+    return canvas.convertToBlob({ type: "image/png" });
+  }
+
+  /** The photo's own pixels where `keep(i)`, transparent elsewhere, as PNG. */
+  #cutout(keep) {
+    const photo = this.photo;
+    return this.#pngOf((out, o, i) => {
+      if (!keep(i)) return; // stays 0: transparent
+      out[o] = photo[o];
+      out[o + 1] = photo[o + 1];
+      out[o + 2] = photo[o + 2];
+      out[o + 3] = 255;
+    });
+  }
+
+  /** The photo where the label map holds one of `classIds`, transparent elsewhere (PNG). */
+  exportCutout(classIds) {
+    const wanted = new Uint8Array(256);
+    for (const id of classIds) wanted[id] = 1;
+    const labels = this.result.labels;
+    return this.#cutout((i) => wanted[labels[i]] === 1);
+  }
+
+  /** Person `id`'s pixels of the photo, transparent elsewhere (PNG). */
+  exportPersonCutout(id) {
+    const mask = this.personMasks.get(id);
+    return this.#cutout((i) => mask[i] === 1);
+  }
+
+  /** Person `id`'s mask: white inside, black outside, opaque (PNG). */
+  exportPersonMask(id) {
+    const mask = this.personMasks.get(id);
+    return this.#pngOf((out, o, i) => {
+      const v = mask[i] ? 255 : 0;
+      out[o] = v;
+      out[o + 1] = v;
+      out[o + 2] = v;
+      out[o + 3] = 255;
+    });
+  }
+
   /** Forget the photo and the result and blank the canvas (its size goes to 0). */
   clear() {
     if (this.frame) cancelAnimationFrame(this.frame);

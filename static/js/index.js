@@ -4,6 +4,7 @@
 
 import { openPhoto, pageSettings, ParseError, parseImage } from "./api.js";
 import { Compositor } from "./compositor.js";
+import { ParseProgress } from "./progress.js";
 import { decodeResult, hexToRgb } from "./result.js";
 
 const $ = (id) => document.getElementById(id);
@@ -12,9 +13,13 @@ const canvas = $("canvas");
 const compositor = new Compositor(canvas);
 const objectUrls = new Set();
 
-let session = null; // {json, text, result} of the result on screen
+// The result on screen: {json, text, result, blob, name, ownSize, full}. `name` is the base of
+// download names, `ownSize` the photo's own {width, height} (EXIF orientation applied), `full`
+// the same result at that size once asked for (a second parse, on demand).
+let session = null;
 let inFlight = null; // AbortController of the running request
 let lastFile = null; // kept for "Try again" after a 429/503, dropped on clear
+let lastName = ""; // its file name, for download names
 let retryTimer = 0;
 let hoverHighlight = null;
 let pinned = null; // {kind: "person" | "class", id}: singled out by a click or a tap
@@ -64,6 +69,17 @@ function foundText(result) {
   return `Found ${people(persons)} and ${kindsOfPart(parts)}.`;
 }
 
+/** The base of download names: `beach.jpg` → "beach"; no name (a pasted image) → "photo". */
+function baseName(name) {
+  const stem = (name || "").replace(/\.[^.]*$/, "");
+  const safe = stem
+    .normalize("NFC")
+    .replace(/[^\p{L}\p{N}._-]+/gu, "-")
+    .replace(/^[-.]+|[-.]+$/g, "")
+    .slice(0, 80);
+  return safe || "photo";
+}
+
 function percent(fraction) {
   const p = fraction * 100;
   if (p > 0 && p < 0.1) return "<0.1%";
@@ -84,11 +100,37 @@ function setBusy(text, fraction = null) {
   const busy = $("busy");
   busy.hidden = text === null;
   $("workspace").classList.toggle("is-busy", text !== null);
+  // While a new photo is on its way the kept result's controls rest: out of reach for the
+  // pointer, the keyboard and screen readers alike (dimmed by CSS), until it arrives.
+  for (const id of ["panel", "toolbar"]) $(id).inert = text !== null;
   if (text === null) return;
   $("busy-text").textContent = text;
   const bar = $("busy-progress");
   if (fraction === null) bar.removeAttribute("value");
   else bar.value = Math.round(fraction * 100);
+}
+
+const PHASE_TEXT = {
+  queue: "Waiting for a turn…",
+  parse: "Finding people and parts…",
+};
+
+/** The progress card: what happens now, the place in the queue, time left, time elapsed. */
+function showProgress(facts) {
+  if (facts.phase === "upload") {
+    const fraction = facts.uploadFraction;
+    setBusy(`Uploading… ${Math.round(fraction * 100)}%`, fraction);
+  } else {
+    setBusy(PHASE_TEXT[facts.phase]);
+  }
+  for (const [id, text] of [
+    ["busy-place", facts.placeText],
+    ["busy-left", facts.leftText],
+  ]) {
+    $(id).textContent = text;
+    $(id).hidden = !text;
+  }
+  $("busy-elapsed").textContent = facts.elapsedText;
 }
 
 function showError(error, { kept = false } = {}) {
@@ -309,7 +351,7 @@ function showTiming(json, result) {
 
 // ---- the flow ------------------------------------------------------------------------------
 
-async function handleFile(file) {
+async function handleFile(file, { name = file.name } = {}) {
   hideError();
   let blob;
   let photo;
@@ -321,6 +363,8 @@ async function handleFile(file) {
     return;
   }
   lastFile = blob;
+  lastName = name;
+  const ownSize = { width: photo.width, height: photo.height };
   inFlight?.abort();
   const controller = new AbortController();
   inFlight = controller;
@@ -333,21 +377,33 @@ async function handleFile(file) {
     fitCanvas();
     canvas.setAttribute("aria-label", "Your photo, being parsed");
   }
-  setBusy("Uploading…", 0);
+  const progress = new ParseProgress((facts) => {
+    if (inFlight === controller) showProgress(facts);
+  });
   announce("Uploading the photo.");
+  // Never shorter than the server's own deadline (web/pages.py renders it into the page):
+  // giving up first would throw away a parse the server still finishes.
+  let timedOut = false;
+  const deadline = settings.parseTimeoutSeconds
+    ? setTimeout(() => {
+        timedOut = true;
+        controller.abort();
+      }, settings.parseTimeoutSeconds * 1000)
+    : 0;
   try {
     const { json, text } = await parseImage(blob, {
       params: { instances: "true", mask_format: "rle" },
       maxBytes: settings.maxBytes,
       signal: controller.signal,
       onProgress: (phase, fraction) => {
-        if (phase === "upload") setBusy(`Uploading… ${Math.round(fraction * 100)}%`, fraction);
+        if (phase === "upload") progress.upload(fraction);
         else {
-          setBusy("Finding people and parts…");
-          announce("Parsing the photo.");
+          progress.uploaded();
+          announce("Uploaded. Waiting for the result.");
         }
       },
     });
+    progress.stop();
     const result = await decodeResult(json);
     if (inFlight !== controller) return;
     inFlight = null;
@@ -357,9 +413,10 @@ async function handleFile(file) {
     compositor.load(photo, applyPalette(result));
     resetView();
     fitCanvas();
-    session = { json, text, result };
+    session = { json, text, result, blob, name: baseName(name), ownSize, full: null };
     renderLegend(result);
     renderPersons(result);
+    renderExports(result);
     describeCanvas(result);
     showTiming(json, result);
     setBusy(null);
@@ -371,7 +428,14 @@ async function handleFile(file) {
     inFlight = null;
     setBusy(null);
     if (!kept) clearResult({ keepFile: true });
-    if (error.code !== "aborted") {
+    if (timedOut) {
+      const late = new ParseError(
+        "This took too long.",
+        "The service didn't answer in time. Try again, perhaps with a smaller photo.",
+      );
+      showError(late, { kept });
+      announce(late.title + (kept ? " The previous result is kept." : ""));
+    } else if (error.code !== "aborted") {
       const shown =
         error instanceof ParseError
           ? error
@@ -381,9 +445,13 @@ async function handleFile(file) {
         (error.title || "Something went wrong.") + (kept ? " The previous result is kept." : ""),
       );
     } else {
-      announce(kept ? "Cancelled. The previous result is kept." : "Cancelled.");
+      const said = kept ? "Cancelled. The previous result is kept." : "Cancelled.";
+      toast(said);
+      announce(said);
     }
   } finally {
+    progress.stop();
+    clearTimeout(deadline);
     photo.close();
     if (inFlight === controller) inFlight = null;
   }
@@ -396,12 +464,21 @@ function clearResult({ keepFile = false } = {}) {
   compositor.clear();
   for (const url of objectUrls) URL.revokeObjectURL(url);
   objectUrls.clear();
+  if (session?.full) session.full.compositor.clear();
   session = null;
-  if (!keepFile) lastFile = null;
+  if (!keepFile) {
+    lastFile = null;
+    lastName = "";
+  }
+  $("save-status").textContent = "";
   hoverHighlight = null;
   pinned = null;
   $("legend").replaceChildren();
   $("persons").replaceChildren();
+  $("export-list").replaceChildren();
+  $("exports").open = false;
+  $("full-size").checked = false;
+  $("full-size-row").hidden = true;
   $("legend-count").textContent = "";
   $("persons-count").textContent = "";
   $("timing").textContent = "";
@@ -473,7 +550,7 @@ $("cancel").addEventListener("click", () => {
 });
 $("error-dismiss").addEventListener("click", hideError);
 $("error-retry").addEventListener("click", () => {
-  if (lastFile) handleFile(lastFile);
+  if (lastFile) handleFile(lastFile, { name: lastName });
 });
 
 $("opacity").addEventListener("input", (e) => {
@@ -493,15 +570,140 @@ $("split").addEventListener("input", (e) => {
 });
 $("show-all").addEventListener("click", () => setAllClasses(true));
 $("show-none").addEventListener("click", () => setAllClasses(false));
-$("download-overlay").addEventListener("click", async () => {
-  if (session) download(await compositor.exportPng(), "parsing-overlay.png");
-});
-$("download-labels").addEventListener("click", () => {
+// ---- exports -------------------------------------------------------------------------------
+// Drawn in the browser from the result on screen (its working size); with "The photo's own
+// size" ticked, from a second parse of the same photo at its own size (`size=original`), made
+// once on demand and forgotten with the result. Names come from the photo's name.
+
+function renderExports(result) {
+  const { width, height } = session.ownSize;
+  const larger = width !== result.width || height !== result.height;
+  $("full-size-row").hidden = !larger;
+  $("full-size-label").textContent = `${width} × ${height} px`;
+  $("work-size-label").textContent = `${result.width} × ${result.height} px`;
+  const list = $("export-list");
+  list.replaceChildren();
+  if (!result.persons.length) {
+    list.append(el("li", { className: "panel-hint", textContent: "No person was found." }));
+  }
+  for (const p of result.persons) {
+    const button = (kind, text) => {
+      const b = el("button", { type: "button", className: "btn btn-small btn-secondary" }, [text]);
+      b.dataset.person = p.id;
+      b.dataset.kind = kind;
+      b.setAttribute("aria-label", `Person ${p.id}: ${text.toLowerCase()} PNG`);
+      return b;
+    };
+    list.append(
+      el("li", { className: "export-row" }, [
+        el("span", { textContent: `Person ${p.id}` }),
+        button("mask", "Mask"),
+        button("cutout", "Cutout"),
+      ]),
+    );
+  }
+}
+
+/** The result to export from: the one on screen, or the same at the photo's own size. */
+async function exportSource() {
+  const current = session;
+  if (!$("full-size").checked || $("full-size-row").hidden) {
+    return { compositor, json: current.json, text: current.text, result: current.result };
+  }
+  if (!current.full) {
+    const status = $("save-status");
+    const progress = new ParseProgress((facts) => {
+      if (session !== current) return;
+      const lines = [PHASE_TEXT[facts.phase] || "Sending the photo again…", facts.placeText];
+      status.textContent = [...lines, facts.leftText, facts.elapsedText]
+        .filter(Boolean)
+        .join(" · ");
+    });
+    announce("Parsing the photo again at its own size.");
+    let answer;
+    try {
+      answer = await parseImage(current.blob, {
+        params: { instances: "true", mask_format: "rle", size: "original" },
+        maxBytes: settings.maxBytes,
+        onProgress: (phase, fraction) => {
+          if (phase === "upload") progress.upload(fraction);
+          else progress.uploaded();
+        },
+      });
+    } finally {
+      progress.stop();
+      if (session === current) status.textContent = "";
+    }
+    const { json, text } = answer;
+    const result = applyPalette(await decodeResult(json));
+    const photo = await createImageBitmap(current.blob, { imageOrientation: "from-image" });
+    const full = new Compositor(new OffscreenCanvas(1, 1));
+    try {
+      full.load(photo, result);
+    } finally {
+      photo.close();
+    }
+    if (session !== current) {
+      full.clear(); // cleared while it was being made
+      return null;
+    }
+    current.full = { compositor: full, json, text, result };
+  }
+  const { compositor: full } = current.full;
+  full.alpha = compositor.alpha;
+  full.hidden = new Set(compositor.hidden);
+  return current.full;
+}
+
+/** Run `make(source)` for a Blob and download it as `<photo>-<suffix>`. */
+async function save(suffix, make) {
   if (!session) return;
-  download(new Blob([session.result.labelPng], { type: "image/png" }), "parsing-labels.png");
+  const name = `${session.name}-${suffix}`;
+  let blob;
+  try {
+    const source = await exportSource();
+    if (!source) return;
+    blob = await make(source);
+  } catch (error) {
+    const why = error instanceof ParseError ? error.detail || error.title : String(error);
+    toast(`The full-size file couldn't be made. ${why}`);
+    return;
+  }
+  if (blob) download(blob, name);
+}
+
+function chosenParts() {
+  return session.result.classes
+    .map((c) => c.id)
+    .filter((id) => id !== 0 && !compositor.hidden.has(id));
+}
+
+$("download-overlay").addEventListener("click", () =>
+  save("overlay.png", (s) => s.compositor.exportPng()),
+);
+$("download-cutout").addEventListener("click", () => {
+  if (!session) return;
+  const parts = chosenParts();
+  if (!parts.length) {
+    toast("Tick at least one part for the cutout.");
+    return;
+  }
+  save("cutout.png", (s) => s.compositor.exportCutout(parts));
 });
-$("download-json").addEventListener("click", () => {
-  if (session) download(new Blob([session.text], { type: "application/json" }), "parsing.json");
+$("download-labels").addEventListener("click", () =>
+  save("labels.png", (s) => new Blob([s.result.labelPng], { type: "image/png" })),
+);
+$("download-json").addEventListener("click", () =>
+  save("parsing.json", (s) => new Blob([s.text], { type: "application/json" })),
+);
+$("export-list").addEventListener("click", (e) => {
+  const button = e.target.closest("button[data-person]");
+  if (!button || !session) return;
+  const id = Number(button.dataset.person);
+  const kind = button.dataset.kind;
+  save(`person-${id}-${kind}.png`, (s) =>
+    kind === "mask" ? s.compositor.exportPersonMask(id) : s.compositor.exportPersonCutout(id),
+  );
 });
 $("copy-overlay").addEventListener("click", copyOverlay);
 
@@ -732,6 +934,10 @@ $("palette").addEventListener("change", () => {
   if (!session) return;
   applyPalette(session.result);
   compositor.recolour(session.result.classes);
+  if (session.full) {
+    session.full.compositor.clear(); // made again, in the new colours, when next asked for
+    session.full = null;
+  }
   const colours = new Map(session.result.classes.map((c) => [c.id, c.color]));
   for (const node of document.querySelectorAll("#legend .swatch, #persons .dot")) {
     node.style.setProperty("--swatch", colours.get(Number(node.dataset.class)) || "#888");
@@ -772,7 +978,8 @@ document.addEventListener("paste", (e) => {
   const file = [...(e.clipboardData?.files || [])][0];
   if (file) {
     e.preventDefault();
-    handleFile(file);
+    // A pasted image has no name of its own (browsers call it "image.png"): "photo-…".
+    handleFile(file, { name: "" });
   } else if (!e.target.closest?.("input, textarea")) {
     toast("There is no image on the clipboard.");
   }

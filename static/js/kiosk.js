@@ -4,6 +4,7 @@
 
 import { openPhoto, pageSettings, ParseError, parseImage } from "./api.js";
 import { Compositor } from "./compositor.js";
+import { ParseProgress } from "./progress.js";
 import { decodeResult } from "./result.js";
 
 const $ = (id) => document.getElementById(id);
@@ -224,8 +225,30 @@ function snap() {
 
 // ---- upload and result ---------------------------------------------------------------------
 
+const WORKING_TEXT = {
+  upload: "Sending your photo…",
+  queue: "Waiting for a turn…",
+  parse: "Finding people and parts…",
+};
+
+/** The working screen in big type: what happens now, place in the queue, time left, elapsed. */
+function showProgress(facts) {
+  $("working-text").textContent = WORKING_TEXT[facts.phase];
+  for (const [id, text] of [
+    ["working-place", facts.placeText],
+    ["working-left", facts.leftText],
+  ]) {
+    $(id).textContent = text;
+    $(id).hidden = !text;
+  }
+  $("working-elapsed").textContent = facts.elapsedText;
+}
+
 async function upload(blob, photo) {
   const session = generation;
+  const progress = new ParseProgress((facts) => {
+    if (session === generation) showProgress(facts);
+  });
   show("working");
   announce("Working on your photo.");
   const controller = new AbortController();
@@ -236,7 +259,11 @@ async function upload(blob, photo) {
       params: { instances: "false" },
       maxBytes: settings.maxBytes,
       signal: controller.signal,
+      onProgress: (phase) => {
+        if (phase === "parse") progress.uploaded();
+      },
     });
+    progress.stop();
     const result = await decodeResult(json);
     if (session !== generation) return;
     compositor.load(photo, result);
@@ -250,6 +277,7 @@ async function upload(blob, photo) {
       fail(error instanceof ParseError ? error : new ParseError("The result couldn't be shown."));
     }
   } finally {
+    progress.stop();
     clearTimeout(timeout);
     if (photo instanceof ImageBitmap) photo.close();
     if (inFlight === controller) inFlight = null;
@@ -317,6 +345,11 @@ $("again").addEventListener("click", () => {
   openCamera();
 });
 $("failure-home").addEventListener("click", wipe);
+// Cancel drops the request (the server drops a gone client's queued image) and the photo.
+$("working-cancel").addEventListener("click", () => {
+  wipe();
+  announce("Cancelled. Back at the start; nothing of the photo is kept.");
+});
 $("retry").addEventListener("click", () => {
   wipe();
   openCamera();

@@ -232,7 +232,7 @@ def test_downloads_are_valid_png_and_json(server, context):
 
     with page.expect_download() as download:
         page.click("#download-overlay")
-    assert download.value.suggested_filename == "parsing-overlay.png"
+    assert download.value.suggested_filename == "photo-overlay.png"  # picked as photo.png
     overlay = decode_array(Path(download.value.path()).read_bytes())
     assert overlay.shape[:2] == (answer["image"]["height"], answer["image"]["width"])
     assert np.array_equal(overlay[..., :3], canvas_pixels(page, "#canvas")[..., :3])

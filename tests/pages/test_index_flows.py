@@ -123,7 +123,13 @@ def test_phone_touch_words_notice_and_tap_to_single_out(server, browser):
 
         # Every Save button, scrolled up from below until it just shows (as a thumb scrolls),
         # is above the pinned notice, not behind it.
-        for button in ("#download-overlay", "#copy-overlay", "#download-labels", "#download-json"):
+        for button in (
+            "#download-overlay",
+            "#copy-overlay",
+            "#download-cutout",
+            "#download-labels",
+            "#download-json",
+        ):
             covered = page.evaluate(
                 """(selector) => {
                   const button = document.querySelector(selector);
