@@ -70,6 +70,18 @@ def on_starting(server):
         )
 
 
+def post_fork(server, worker):
+    # In the worker, before the app: the service's memory is the master's process tree
+    # (web/overload.py), and the first worker says once whether that memory can be swapped out.
+    from web.overload import SERVICE_PID_ENV, swap_warning
+
+    os.environ[SERVICE_PID_ENV] = str(server.pid)
+    if worker.age == 1:
+        warning = swap_warning()
+        if warning:
+            server.log.warning(warning)
+
+
 def check_model(server) -> None:
     """Refuse to start when the model cannot be served. gunicorn's `BaseApplication.run`
     prints a RuntimeError raised here as `Error: <message>` and exits 1 before binding or

@@ -26,4 +26,6 @@ python3 -m nginx.render --out "$RUN_DIR/nginx.conf" --runtime-dir "$RUN_DIR" \
   --public-https-port "${M2FP_PUBLIC_HTTPS_PORT:-443}" \
   --static-root "${M2FP_STATIC_ROOT:-/opt/m2fp/static}" \
   --access-log /dev/stdout --error-log stderr "$@" >/dev/null
+# No core dumps from the master either (its workers get worker_rlimit_core 0 from the config).
+ulimit -c 0
 exec /usr/sbin/nginx -e stderr -p "$RUN_DIR" -c "$RUN_DIR/nginx.conf" -g 'daemon off;'

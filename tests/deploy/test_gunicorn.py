@@ -24,12 +24,14 @@ import threading
 import time
 from pathlib import Path
 
+import psutil
 import pytest
 import requests
 
 from tests.support import images
 from tests.support.fswatch import TreeWatch, unexpected
 from tests.support.servers import REPO, Gunicorn, RedisServer
+from web.overload import SAMPLE_SECONDS
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
 
@@ -268,5 +270,54 @@ def test_preload_is_refused_loudly(tiny_model_dir):
         while "without --preload" not in server.logs() and time.monotonic() < deadline:
             time.sleep(0.1)
         assert "without --preload" in server.logs()
+    finally:
+        server.stop()
+
+
+# -- operations: the service's memory, swap, metrics and readiness of the whole instance ----------
+
+SWAPS = "Filename\tType\tSize\tUsed\tPriority\n/dev/fakeswap\tpartition\t8388604\t0\t-2\n"
+
+
+def _metrics(url: str) -> dict[tuple[str, tuple], float]:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    r = requests.get(url + "/metrics", timeout=10)
+    assert r.status_code == 200
+    return {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(r.text)
+        for s in family.samples
+    }
+
+
+def _tree_pss(master: psutil.Process) -> int:
+    return sum(p.memory_full_info().pss for p in [master, *master.children(recursive=True)])
+
+
+def test_memory_is_the_services_and_swap_is_reported_once(tiny_model_dir, tmp_path):
+    """Two workers, and swap active on the machine (a /proc/swaps seen through bubblewrap):
+    the first worker says so once; the memory measured is the master's and its workers' PSS,
+    not the machine's used memory (gigabytes on a shared machine)."""
+    assert BWRAP, "bubblewrap is missing: ./scripts/setup installs it"
+    swaps = tmp_path / "swaps"
+    swaps.write_text(SWAPS)
+    limit_mb = 64 * 1024
+    env = {"M2FP_MODEL_DIR": str(tiny_model_dir), "M2FP_MEMORY_LIMIT_MB": str(limit_mb)}
+    wrapper = [BWRAP, "--dev-bind", "/", "/", "--ro-bind", str(swaps), "/proc/swaps"]
+    server = Gunicorn(env, workers=2, wrapper=wrapper)
+    try:
+        workers = server.workers()
+        assert len(workers) == 2
+        master = workers[0].parent()
+        assert master.pid == workers[1].parent().pid
+        time.sleep(SAMPLE_SECONDS + 0.1)  # a fresh sample, with both models loaded
+        used = _metrics(server.url)[("m2fp_memory_usage_ratio", ())] * limit_mb * 1024 * 1024
+        expected = _tree_pss(master)
+        assert 0.75 * expected < used < 1.25 * expected, (used, expected)
+        assert psutil.virtual_memory().used > 2 * expected  # what the machine-wide figure was
+        warnings = [line for line in server.stderr if "swap is active" in line]
+        assert len(warnings) == 1, server.logs()
+        assert "/dev/fakeswap" in warnings[0] and "MemorySwapMax=0" in warnings[0]
     finally:
         server.stop()

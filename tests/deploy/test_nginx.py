@@ -13,6 +13,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import socket
 import ssl
 import subprocess
@@ -45,6 +46,7 @@ from tests.support.deploy import (
     slow_request,
     start_nginx,
     tls_context,
+    wait_for_port,
 )
 from tests.support.paths import REPO
 
@@ -501,3 +503,62 @@ def test_the_disk_watch_sees_a_write_and_who_made_it(tmp_path):
     assert len(written) >= 2  # the named file and the anonymous one
     assert any("CREATE" in e for e in watch.dir_events)
     assert any("MODIFY" in e for e in watch.dir_events)
+
+
+# -- no core dumps: a crashing nginx must not write its buffers (request bodies) to disk ----------
+
+
+def _core_limit(pid: int) -> str:
+    for line in Path(f"/proc/{pid}/limits").read_text().splitlines():
+        if line.startswith("Max core file size"):
+            return " ".join(line.split()[4:6])  # soft, hard
+    raise AssertionError(f"no core limit for {pid}")
+
+
+def _nginx_children(pid: int) -> list[int]:
+    children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    return [int(p) for p in children]
+
+
+def test_nginx_workers_and_the_entrypoint_master_dump_no_core(tmp_path, tls, upstream):
+    """Started with core dumps allowed (prlimit), nginx's workers still get RLIMIT_CORE 0
+    (worker_rlimit_core in the template), and the edge image's entrypoint sets the master's
+    too (ulimit -c 0) before nginx starts."""
+    allow_cores = ["prlimit", "--core=unlimited:unlimited"]
+    server = start_nginx(
+        tmp_path / "direct", tls, [f"127.0.0.1:{upstream.server_port}"], wrapper=allow_cores
+    )
+    try:
+        assert _core_limit(server.proc.pid) == "unlimited unlimited"  # the control
+        workers = _nginx_children(server.proc.pid)
+        assert workers
+        assert {_core_limit(pid) for pid in workers} == {"0 0"}
+    finally:
+        server.stop()
+
+    https_port, http_port = free_port(), free_port()
+    run_dir = tmp_path / "entry"
+    env = {
+        "PATH": os.environ["PATH"],
+        "M2FP_UPSTREAMS": f"127.0.0.1:{upstream.server_port}",
+        "M2FP_LISTEN": "127.0.0.1",
+        "M2FP_HTTPS_PORT": str(https_port),
+        "M2FP_HTTP_PORT": str(http_port),
+        "M2FP_TLS_CERT": str(tls.cert),
+        "M2FP_TLS_KEY": str(tls.key),
+        "M2FP_EDGE_RUN_DIR": str(run_dir),
+        "M2FP_STATIC_ROOT": str(tmp_path),
+    }
+    proc = subprocess.Popen(
+        [*allow_cores, str(REPO / "nginx" / "docker-entrypoint.sh")],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        wait_for_port(https_port, proc=proc)
+        assert _core_limit(proc.pid) == "0 0"  # the entrypoint exec'd nginx: same pid
+        assert {_core_limit(pid) for pid in _nginx_children(proc.pid)} == {"0 0"}
+    finally:
+        proc.send_signal(signal.SIGQUIT)
+        proc.wait(10)
