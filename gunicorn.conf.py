@@ -4,8 +4,12 @@ Command-line flags win over this file (`-b 127.0.0.1:8001`, `--threads 16`). The
 the settings (a malformed M2FP_* variable stops it at once, not each worker) but imports nothing
 of the app and never touches CUDA: no preload, the model loads in each worker (a fork of a
 CUDA-initialised process cannot use CUDA). One worker holds one model; scale with more gunicorn
-instances (one per GPU, `CUDA_VISIBLE_DEVICES=i`), each on its own port behind nginx. Metrics
-are per worker process.
+instances (one per GPU, `CUDA_VISIBLE_DEVICES=i`), each on its own port behind nginx.
+
+Metrics are the instance's: the master makes a fresh directory on tmpfs for prometheus-client's
+multiprocess mode (`PROMETHEUS_MULTIPROC_DIR`, before any worker starts), marks each worker that
+exits dead (its live gauges leave the sums; its counters stay), and removes the directory at
+exit. One scrape, answered by any worker, shows all of them (web/metrics.py).
 
 Before any worker starts, the master checks the model (`on_starting`): the directory, the key,
 every chunk of an encrypted file and the SHA-256 pin, streaming, without keeping the plaintext
@@ -18,7 +22,9 @@ configuration) leaves that worker up and not ready (web/runtime.py).
 import logging
 import os
 import resource
+import shutil
 import sys
+import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -58,16 +64,35 @@ limit_request_field_size = 8190
 # gunicorn.SERVER); nginx replaces it with its own in front.
 
 
+_METRICS_DIR_ENV = "PROMETHEUS_MULTIPROC_DIR"
+_METRICS_DIR_PARENT = "/dev/shm"  # tmpfs: counters in memory, and writable under a read-only root
+
+
 def on_starting(server):
     # No core dumps: a crashing worker would write its memory, uploaded images included, to disk.
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
     check_model(server)
-    if server.cfg.workers > 1:
-        server.log.warning(
-            "%d workers: each loads its own model and counts its own metrics; /metrics shows"
-            " the worker that answers. Prefer one worker per instance.",
-            server.cfg.workers,
-        )
+    make_metrics_dir(server)
+
+
+def make_metrics_dir(server) -> None:
+    """A fresh, private directory for this master's workers (a re-executed master makes its
+    own: values of another instance never mix in)."""
+    parent = _METRICS_DIR_PARENT if os.access(_METRICS_DIR_PARENT, os.W_OK) else None
+    os.environ[_METRICS_DIR_ENV] = tempfile.mkdtemp(prefix="m2fp-metrics-", dir=parent)
+    server.log.info("metrics of all workers in %s", os.environ[_METRICS_DIR_ENV])
+
+
+def child_exit(server, worker):
+    from prometheus_client import multiprocess
+
+    multiprocess.mark_process_dead(worker.pid)
+
+
+def on_exit(server):
+    directory = os.environ.get(_METRICS_DIR_ENV)
+    if directory and os.path.basename(directory).startswith("m2fp-metrics-"):
+        shutil.rmtree(directory, ignore_errors=True)
 
 
 def post_fork(server, worker):

@@ -8,7 +8,6 @@
 from __future__ import annotations
 
 import logging
-import time
 from typing import Any
 
 from flask import Flask, g, request
@@ -19,7 +18,7 @@ from security import audit, headers, rate_limit
 from security.uploads import UploadPolicy
 from settings import Settings
 from web import context, errors
-from web.metrics import NetworkAllowList, ServiceMetrics
+from web.metrics import NetworkAllowList, RequestCounter, ServiceMetrics
 from web.overload import MemoryGuard, default_probe
 from web.runtime import ModelRuntime, build_engine
 from web.service import ParseService
@@ -56,7 +55,8 @@ def init_app(app: Flask, settings: Settings, *, engine: Any = None, model: Any =
     context.init_app(app)
     audit.init_app(app, client_mode=settings.audit_client, hash_key=settings.audit_hash_key)
     metrics = ServiceMetrics()
-    _count_requests(app, metrics)
+    app.wsgi_app = RequestCounter(app.wsgi_app, app.url_map, metrics)  # type: ignore[method-assign]
+    _count_rejections(app, metrics)
     headers.init_app(app, cors_origins=settings.cors_origins)
     errors.init_app(app)
     for blueprint in (api.bp, ops.bp, pages.bp):
@@ -87,14 +87,13 @@ def init_app(app: Flask, settings: Settings, *, engine: Any = None, model: Any =
     runtime.start()
 
 
-def _count_requests(app: Flask, metrics: ServiceMetrics) -> None:
+def _count_rejections(app: Flask, metrics: ServiceMetrics) -> None:
+    """Error answers by error code; requests, statuses and latency are counted around the
+    WSGI app (`RequestCounter`). The probes' 503s (/readyz) are not refused parses."""
+
     @app.after_request
     def _count(response: Response) -> Response:
-        route = request.url_rule.rule if request.url_rule is not None else "<unmatched>"
-        metrics.requests.labels(route, request.method, str(response.status_code)).inc()
-        started = g.get("started", time.perf_counter())
-        metrics.latency.labels(route).observe(time.perf_counter() - started)
-        if response.status_code >= 400:
+        if response.status_code >= 400 and request.blueprint != "ops":
             metrics.rejections.labels(g.get("error_code", f"http_{response.status_code}")).inc()
         return response
 

@@ -18,8 +18,10 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 import secrets
 import shutil
+import socket
 import threading
 import time
 from pathlib import Path
@@ -321,3 +323,51 @@ def test_memory_is_the_services_and_swap_is_reported_once(tiny_model_dir, tmp_pa
         assert "/dev/fakeswap" in warnings[0] and "MemorySwapMax=0" in warnings[0]
     finally:
         server.stop()
+
+
+def _value(data, name: str, **labels) -> float:
+    return data.get((name, tuple(sorted(labels.items()))), 0.0)
+
+
+def _leave_before_the_answer(url: str) -> None:
+    """Send a whole parse request, then close the connection without reading the answer."""
+    body = images.png(640, 480)
+    port = int(url.rsplit(":", 1)[1])
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        head = (
+            f"POST {PARSE} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: image/png\r\n"
+            f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n"
+        )
+        sock.sendall(head.encode() + body)
+
+
+def test_one_scrape_shows_the_whole_instance(tiny_model_dir):
+    """Two workers: every scrape, whichever worker answers it, counts every request of the
+    instance (prometheus-client's multiprocess mode, its directory on tmpfs, made fresh by the
+    master and removed at exit), and a client that left before its answer is counted so."""
+    env = {"M2FP_MODEL_DIR": str(tiny_model_dir), "M2FP_RATE_LIMIT": "1000 per minute"}
+    server = Gunicorn(env, workers=2)
+    try:
+        found = re.search(r"metrics of all workers in (\S+)", server.logs())
+        assert found, server.logs()
+        metrics_dir = Path(found.group(1))
+        assert metrics_dir.parent == Path("/dev/shm") and metrics_dir.is_dir()
+        responses = _burst(server.url, 24)
+        assert [r.status_code for r in responses] == [200] * 24
+        parsed = {"route": PARSE, "method": "POST"}
+        for _ in range(8):  # new connections: the scrapes land on both workers
+            data = _metrics(server.url)
+            assert _value(data, "m2fp_http_requests_total", status="200", **parsed) == 24
+            assert _value(data, "m2fp_stage_duration_seconds_count", stage="decode") == 24
+        _leave_before_the_answer(server.url)
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            data = _metrics(server.url)
+            if _value(data, "m2fp_http_requests_total", status="client_closed", **parsed):
+                break
+            time.sleep(0.2)
+        assert _value(data, "m2fp_http_requests_total", status="client_closed", **parsed) == 1
+        assert _value(data, "m2fp_http_requests_total", status="200", **parsed) == 24
+    finally:
+        server.stop()
+    assert not metrics_dir.exists()

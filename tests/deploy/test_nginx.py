@@ -43,6 +43,7 @@ from tests.support.deploy import (
     https,
     make_dev_cert,
     post,
+    request,
     slow_request,
     start_nginx,
     tls_context,
@@ -562,3 +563,44 @@ def test_nginx_workers_and_the_entrypoint_master_dump_no_core(tmp_path, tls, ups
     finally:
         proc.send_signal(signal.SIGQUIT)
         proc.wait(10)
+
+
+# -- nginx's own counts, for Prometheus, without logging requests --------------------------------
+
+
+def _stub_status(socket_path: Path) -> dict[str, int]:
+    with socket.socket(socket.AF_UNIX) as sock:
+        sock.settimeout(5)
+        sock.connect(str(socket_path))
+        sock.sendall(b"GET /stub_status HTTP/1.0\r\nHost: localhost\r\n\r\n")
+        raw = b""
+        while chunk := sock.recv(65536):
+            raw += chunk
+    head, _, body = raw.decode().partition("\r\n\r\n")
+    assert head.startswith("HTTP/1.1 200"), head
+    # Active connections: 1 / server accepts handled requests / 5 5 7 / Reading: 0 Writing: 1 ...
+    lines = body.splitlines()
+    accepts, handled, requests_ = (int(n) for n in lines[2].split())
+    return {
+        "active": int(lines[0].split(":")[1]),
+        "accepts": accepts,
+        "handled": handled,
+        "requests": requests_,
+    }
+
+
+def test_stub_status_on_a_private_socket_only(edge, tls):
+    """stub_status answers on a unix socket in nginx's private runtime directory (what an
+    exporter reads), never on the public ports, and counts requests nginx answered itself."""
+    socket_path = Path(edge.options.runtime_dir) / "status.sock"
+    before = _stub_status(socket_path)
+    _, _, body = request(edge, tls, "GET", "/stub_status")
+    assert b"Active connections" not in body  # the public port passes it to the app
+    for _ in range(3):  # nginx's own answers (a redirect) count too
+        plain = requests.get(
+            f"http://127.0.0.1:{edge.http_port}/", timeout=5, allow_redirects=False
+        )
+        assert plain.status_code == 308
+    after = _stub_status(socket_path)
+    assert after["requests"] - before["requests"] >= 5  # the status read itself counts as well
+    assert after["accepts"] >= before["accepts"] + 4
