@@ -9,7 +9,9 @@ instances (one per GPU, `CUDA_VISIBLE_DEVICES=i`), each on its own port behind n
 Metrics are the instance's: the master makes a fresh directory on tmpfs for prometheus-client's
 multiprocess mode (`PROMETHEUS_MULTIPROC_DIR`, before any worker starts), marks each worker that
 exits dead (its live gauges leave the sums; its counters stay), and removes the directory at
-exit. One scrape, answered by any worker, shows all of them (web/metrics.py).
+exit. One scrape, answered by any worker, shows all of them (web/metrics.py). A worker whose
+model is loading stays off the port while another takes connections (`post_worker_init`,
+web/ops.py), so /readyz answers for the instance.
 
 Before any worker starts, the master checks the model (`on_starting`): the directory, the key,
 every chunk of an encrypted file and the SHA-256 pin, streaming, without keeping the plaintext
@@ -105,6 +107,28 @@ def post_fork(server, worker):
         warning = swap_warning()
         if warning:
             server.log.warning(warning)
+
+
+def post_worker_init(worker):
+    # Readiness of the instance (web/ops.py): a worker whose model is still loading stays off
+    # the shared port while another worker takes the connections, so /readyz does not answer
+    # 200 and 503 in turn while one worker restarts. The instance's first worker takes them at
+    # once (it answers 503 until its model is ready); the others of the first batch wait for
+    # their model; a later one (a restart) waits while any other worker takes connections.
+    from web.ops import hold_until_ready
+
+    if "m2fp_service" not in getattr(worker.wsgi, "extensions", {}):
+        return
+    if worker.age == 1:
+        others = lambda: 0  # noqa: E731
+    elif worker.age <= worker.cfg.workers:
+        others = lambda: 1  # noqa: E731
+    else:
+        others = None  # m2fp_workers of the instance
+    state = hold_until_ready(
+        worker.wsgi, notify=worker.notify, alive=lambda: worker.alive, others=others
+    )
+    worker.log.info("worker %s takes connections (model %s)", worker.pid, state)
 
 
 def check_model(server) -> None:

@@ -77,6 +77,7 @@ def init_app(app: Flask, settings: Settings, *, engine: Any = None, model: Any =
         queue_depth=lambda: engine.queue_depth,
         model_ready=lambda: float(runtime.ready),
         memory_ratio=lambda: service.memory.reading().ratio,
+        worker_ready=lambda: float(ops.not_ready(app) is None),
     )
     app.extensions.update(
         m2fp=engine,

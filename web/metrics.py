@@ -119,6 +119,19 @@ class ServiceMetrics:
             registry=r,
             multiprocess_mode="livemax",
         )
+        self.workers = Gauge(
+            "m2fp_workers",
+            "Worker processes of the instance taking connections.",
+            registry=r,
+            multiprocess_mode="livesum",
+        )
+        self.workers_ready = Gauge(
+            "m2fp_workers_ready",
+            "Workers whose /readyz answers 200 (model ready, memory below the shedding"
+            " threshold, rate-limit storage reachable).",
+            registry=r,
+            multiprocess_mode="livesum",
+        )
         self.memory_ratio = Gauge(
             "m2fp_memory_usage_ratio",
             "The service's memory in use over its memory limit (parses are shed above"
@@ -138,20 +151,37 @@ class ServiceMetrics:
         queue_depth: Callable[[], float],
         model_ready: Callable[[], float],
         memory_ratio: Callable[[], float],
+        worker_ready: Callable[[], float],
     ) -> None:
         """Where the gauges come from: set at each scrape, and once a second by a thread of
-        each worker in multiprocess mode (a scrape is answered by one worker only)."""
+        each worker in multiprocess mode (a scrape is answered by one worker only). Under
+        gunicorn a worker counts in `m2fp_workers` once it takes connections (`accepting`,
+        from its post_worker_init hook); otherwise from here."""
         self._gauges = [
             (self.queue_depth, queue_depth),
             (self.model_ready, model_ready),
             (self.memory_ratio, memory_ratio),
+            (self.workers_ready, worker_ready),
         ]
-        self.refresh()
+        if not self.multiprocess:
+            self.accepting()
         if self.multiprocess and self._refresher is None:
             self._refresher = threading.Thread(
                 target=self._refresh_forever, name="m2fp-metrics", daemon=True
             )
             self._refresher.start()
+
+    def accepting(self) -> None:
+        self.workers.set(1)
+
+    def instance_value(self, name: str) -> float:
+        """A gauge of the whole instance as a scrape would show it (this worker's own value
+        outside multiprocess mode)."""
+        registry = self.registry
+        if self.multiprocess:
+            registry = CollectorRegistry()
+            MultiProcessCollector(registry)
+        return registry.get_sample_value(name) or 0.0
 
     def refresh(self) -> None:
         for gauge, read in self._gauges:

@@ -371,3 +371,60 @@ def test_one_scrape_shows_the_whole_instance(tiny_model_dir):
     finally:
         server.stop()
     assert not metrics_dir.exists()
+
+
+def _wait_for_workers_ready(url: str, count: int, timeout: float = 30.0) -> None:
+    """Each worker writes its gauges once a second (web/metrics.py REFRESH_SECONDS)."""
+    deadline = time.monotonic() + timeout
+    while _value(_metrics(url), "m2fp_workers_ready") != count:
+        assert time.monotonic() < deadline, _metrics(url)
+        time.sleep(0.2)
+
+
+def test_readiness_holds_while_a_worker_restarts(tiny_model_dir):
+    """Two workers; one exits (as after max_requests or a crash) and gunicorn starts another,
+    which loads its model. Meanwhile every /readyz on the shared port answers 200 and every
+    parse succeeds: the new worker takes no connection before its model is ready. The metrics
+    show the workers and how many are ready."""
+    env = {"M2FP_MODEL_DIR": str(tiny_model_dir), "M2FP_RATE_LIMIT": "1000 per minute"}
+    server = Gunicorn(env, workers=2)
+    try:
+        _wait_for_workers_ready(server.url, 2)
+        assert _value(_metrics(server.url), "m2fp_workers") == 2
+        ready_lines = sum("model ready" in line for line in server.stderr)
+        close = {"Connection": "close"}  # a new connection each time: any worker may take it
+        parses: list[int] = []
+        restarted = threading.Event()
+
+        def parse_meanwhile():
+            while not restarted.is_set():
+                r = requests.post(
+                    server.url + PARSE,
+                    data=images.png(64, 48),
+                    timeout=30,
+                    headers={"Content-Type": "image/png", **close},
+                )
+                parses.append(r.status_code)
+
+        parser = threading.Thread(target=parse_meanwhile)
+        parser.start()
+        server.workers()[0].terminate()  # SIGTERM: it finishes and exits; a new one starts
+        probes = []
+        deadline = time.monotonic() + 120
+        try:
+            while sum("model ready" in line for line in server.stderr) <= ready_lines:
+                assert time.monotonic() < deadline, server.logs()
+                r = requests.get(server.url + "/readyz", timeout=10, headers=close)
+                probes.append(r.status_code)
+                time.sleep(0.02)
+        finally:
+            restarted.set()
+            parser.join(60)
+        assert len(probes) >= 10, "the new worker loaded too fast to tell"
+        assert probes == [200] * len(probes)
+        assert parses and parses == [200] * len(parses)
+        _wait_for_workers_ready(server.url, 2)
+        assert _value(_metrics(server.url), "m2fp_workers") == 2
+        assert len(server.workers()) == 2
+    finally:
+        server.stop()
