@@ -128,7 +128,7 @@ def post_worker_init(worker):
     state = hold_until_ready(
         worker.wsgi, notify=worker.notify, alive=lambda: worker.alive, others=others
     )
-    worker.log.info("worker %s takes connections (model %s)", worker.pid, state)
+    worker.log.info("worker %s takes connections; its model is %s", worker.pid, state)
 
 
 def check_model(server) -> None:

@@ -14,6 +14,7 @@ hook's 500 is counted, and so is a client that left before its answer (`client_c
 from __future__ import annotations
 
 import ipaddress
+import logging
 import select
 import socket
 import ssl
@@ -36,6 +37,8 @@ from prometheus_client.multiprocess import MultiProcessCollector
 from werkzeug.exceptions import HTTPException
 from werkzeug.routing import Map
 from werkzeug.routing.exceptions import RequestRedirect
+
+log = logging.getLogger("m2fp.metrics")
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
 # Per request: decode (validation + decode), resize (to the model's input size), queue (waiting
@@ -190,7 +193,10 @@ class ServiceMetrics:
     def _refresh_forever(self) -> None:
         while True:
             time.sleep(REFRESH_SECONDS)
-            self.refresh()
+            try:
+                self.refresh()
+            except Exception as exc:  # a gauge's source failed: say so, keep the others going
+                log.warning("metrics: a gauge could not be read: %s: %s", type(exc).__name__, exc)
 
     def exposition(self) -> bytes:
         self.refresh()
@@ -247,9 +253,10 @@ class RequestCounter:
 
 
 class _CountedBody:
-    """The response body, passed through; reports whether it was delivered once the server
-    has written its last chunk (the server asks for the next one only after writing), or at
-    `close` when the server stopped before that."""
+    """The response body, passed through one chunk ahead, so that the request is counted
+    before its last chunk goes out (a client that has its answer finds it in the metrics).
+    Delivered unless the client had closed its connection when the first chunk was due, or
+    the server stops asking for chunks before the last one (`close` first: a broken write)."""
 
     def __init__(
         self, body: Iterable[bytes], sock: socket.socket | None, done: Callable[[bool], None]
@@ -257,21 +264,19 @@ class _CountedBody:
         self._body = body
         self._sock = sock
         self._done = done
-        self._gone: bool | None = None  # decided before the first byte goes out
         self._reported = False
 
     def __iter__(self) -> Iterator[bytes]:
-        for chunk in self._body:
-            self._check_peer()
-            yield chunk
-        self._check_peer()
-        self._report(delivered=not self._gone)
-
-    def _check_peer(self) -> None:
-        # A peer closed before the first byte is a client that left. Later, a peer that read
-        # everything and closed is a client served.
-        if self._gone is None:
-            self._gone = _peer_closed(self._sock)
+        chunks = iter(self._body)
+        current = next(chunks, None)
+        gone = _peer_closed(self._sock)  # before the first byte: a client that left
+        while current is not None:
+            following = next(chunks, None)
+            if following is None:
+                self._report(delivered=not gone)
+            yield current
+            current = following
+        self._report(delivered=not gone)  # an empty body
 
     def _report(self, *, delivered: bool) -> None:
         if not self._reported:
@@ -284,7 +289,7 @@ class _CountedBody:
             if close is not None:
                 close()
         finally:
-            self._report(delivered=False)  # no-op when the whole body went out
+            self._report(delivered=False)  # no-op once counted
 
 
 def _peer_closed(sock: socket.socket | None) -> bool:
@@ -293,8 +298,9 @@ def _peer_closed(sock: socket.socket | None) -> bool:
     if sock is None or isinstance(sock, ssl.SSLSocket):
         return False
     try:
-        readable, _, _ = select.select([sock], [], [], 0)
-        if not readable:
+        poller = select.poll()  # not select(): descriptors above 1023 are fine
+        poller.register(sock, select.POLLIN)
+        if not poller.poll(0):
             return False
         return sock.recv(1, socket.MSG_PEEK) == b""
     except (ConnectionError, TimeoutError):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import socket
 import time
 
-from flask import request
+from flask import Response, request
 from flask.testing import FlaskClient
 from prometheus_client.parser import text_string_to_metric_families
 from werkzeug.test import EnvironBuilder
@@ -191,24 +191,22 @@ def test_a_client_that_left_is_counted_as_such(app):
 
 
 def test_a_response_cut_short_is_counted_client_closed(app):
-    """The server stopped writing (the client's connection broke mid-body): client_closed."""
-    responses = []
+    """The server stopped writing before the last chunk (the client's connection broke
+    mid-body, the server closes the body early): client_closed."""
+
+    @app.get("/test-stream")
+    def _stream():
+        return Response(iter([b"first ", b"second ", b"last"]), mimetype="text/plain")
 
     def start_response(status, headers, exc_info=None):
-        responses.append(status)
+        pass
 
-    builder = EnvironBuilder(path="/api/v1/classes", method="GET")
-    body = app.wsgi_app(builder.get_environ(), start_response)
-    next(iter(body))  # the server took the first chunk, its write failed: it closes
+    body = app.wsgi_app(EnvironBuilder(path="/test-stream").get_environ(), start_response)
+    assert next(iter(body)) == b"first "  # written; the next write fails, the server closes
     body.close()
+    whole = served(app).get("/test-stream")
+    assert whole.get_data() == b"first second last"
     data = samples(served(app))
-    assert (
-        value(
-            data,
-            "m2fp_http_requests_total",
-            route="/api/v1/classes",
-            method="GET",
-            status="client_closed",
-        )
-        == 1
-    )
+    route = {"route": "/test-stream", "method": "GET"}
+    assert value(data, "m2fp_http_requests_total", status="client_closed", **route) == 1
+    assert value(data, "m2fp_http_requests_total", status="200", **route) == 1
