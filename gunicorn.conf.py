@@ -4,8 +4,14 @@ Command-line flags win over this file (`-b 127.0.0.1:8001`, `--threads 16`). The
 the settings (a malformed M2FP_* variable stops it at once, not each worker) but imports nothing
 of the app and never touches CUDA: no preload, the model loads in each worker (a fork of a
 CUDA-initialised process cannot use CUDA). One worker holds one model; scale with more gunicorn
-instances (one per GPU, `CUDA_VISIBLE_DEVICES=i`), each on its own port behind nginx. Metrics
-are per worker process.
+instances (one per GPU, `CUDA_VISIBLE_DEVICES=i`), each on its own port behind nginx.
+
+Metrics are the instance's: the master makes a fresh directory on tmpfs for prometheus-client's
+multiprocess mode (`PROMETHEUS_MULTIPROC_DIR`, before any worker starts), marks each worker that
+exits dead (its live gauges leave the sums; its counters stay), and removes the directory at
+exit. One scrape, answered by any worker, shows all of them (web/metrics.py). A worker whose
+model is loading stays off the port while another takes connections (`post_worker_init`,
+web/ops.py), so /readyz answers for the instance.
 
 Before any worker starts, the master checks the model (`on_starting`): the directory, the key,
 every chunk of an encrypted file and the SHA-256 pin, streaming, without keeping the plaintext
@@ -19,7 +25,9 @@ import logging
 import math
 import os
 import resource
+import shutil
 import sys
+import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -70,6 +78,10 @@ limit_request_field_size = 8190
 # gunicorn.SERVER); nginx replaces it with its own in front.
 
 
+_METRICS_DIR_ENV = "PROMETHEUS_MULTIPROC_DIR"
+_METRICS_DIR_PARENT = "/dev/shm"  # tmpfs: counters in memory, and writable under a read-only root
+
+
 def on_starting(server):
     # No core dumps: a crashing worker would write its memory, uploaded images included, to disk.
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
@@ -85,12 +97,39 @@ def on_starting(server):
             _settings.drain_seconds,
             _settings.time_limits.engine_deadline_s,
         )
-    if server.cfg.workers > 1:
-        server.log.warning(
-            "%d workers: each loads its own model and counts its own metrics; /metrics shows"
-            " the worker that answers. Prefer one worker per instance.",
-            server.cfg.workers,
-        )
+    make_metrics_dir(server)
+
+
+def make_metrics_dir(server) -> None:
+    """A fresh, private directory for this master's workers (a re-executed master makes its
+    own: values of another instance never mix in)."""
+    parent = _METRICS_DIR_PARENT if os.access(_METRICS_DIR_PARENT, os.W_OK) else None
+    os.environ[_METRICS_DIR_ENV] = tempfile.mkdtemp(prefix="m2fp-metrics-", dir=parent)
+    server.log.info("metrics of all workers in %s", os.environ[_METRICS_DIR_ENV])
+
+
+def child_exit(server, worker):
+    from prometheus_client import multiprocess
+
+    multiprocess.mark_process_dead(worker.pid)
+
+
+def on_exit(server):
+    directory = os.environ.get(_METRICS_DIR_ENV)
+    if directory and os.path.basename(directory).startswith("m2fp-metrics-"):
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+def post_fork(server, worker):
+    # In the worker, before the app: the service's memory is the master's process tree
+    # (web/overload.py), and the first worker says once whether that memory can be swapped out.
+    from web.overload import SERVICE_PID_ENV, swap_warning
+
+    os.environ[SERVICE_PID_ENV] = str(server.pid)
+    if worker.age == 1:
+        warning = swap_warning()
+        if warning:
+            server.log.warning(warning)
 
 
 def check_model(server) -> None:
@@ -135,8 +174,31 @@ _handoff: lifecycle.Handoff | None = None  # set in the master by on_starting af
 
 def post_worker_init(worker):
     lifecycle.drain_on_term(worker, _settings.drain_seconds)
-    if _handoff is not None:
+    if "m2fp_service" not in getattr(worker.wsgi, "extensions", {}):
+        return
+    if _handoff is not None:  # a re-executed master's worker: ready before the old ones leave
         _handoff.wait_ready(worker, worker.wsgi.extensions["m2fp_service"].runtime)
+    hold_until_ready_of_the_instance(worker)
+
+
+def hold_until_ready_of_the_instance(worker) -> None:
+    # Readiness of the instance (web/ops.py): a worker whose model is still loading stays off
+    # the shared port while another worker takes the connections, so /readyz does not answer
+    # 200 and 503 in turn while one worker restarts. The instance's first worker takes them at
+    # once (it answers 503 until its model is ready); the others of the first batch wait for
+    # their model; a later one (a restart) waits while any other worker takes connections.
+    from web.ops import hold_until_ready
+
+    if worker.age == 1:
+        others = lambda: 0  # noqa: E731
+    elif worker.age <= worker.cfg.workers:
+        others = lambda: 1  # noqa: E731
+    else:
+        others = None  # m2fp_workers of the instance
+    state = hold_until_ready(
+        worker.wsgi, notify=worker.notify, alive=lambda: worker.alive, others=others
+    )
+    worker.log.info("worker %s takes connections; its model is %s", worker.pid, state)
 
 
 def pre_exec(server):

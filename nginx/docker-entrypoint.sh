@@ -28,6 +28,8 @@ python3 -m nginx.render --out "$RUN_DIR/nginx.conf" --runtime-dir "$RUN_DIR" \
   --server-name "${M2FP_SERVER_NAME:-localhost}" \
   --static-root "${M2FP_STATIC_ROOT:-/opt/m2fp/static}" \
   --access-log /dev/stdout --error-log stderr "$@" >/dev/null
+# No core dumps from the master either (its workers get worker_rlimit_core 0 from the config).
+ulimit -c 0
 # nginx's error log goes through nginx/log_filter.py (it drops the request context nginx
 # appends: query strings, referrers) by a FIFO, so that nginx itself stays PID 1 and gets
 # docker's signals.

@@ -7,7 +7,6 @@
 from __future__ import annotations
 
 import logging
-import time
 from typing import Any
 
 from flask import Flask, request
@@ -18,7 +17,7 @@ from security.client_address import ClientAddressMiddleware, TrustedProxies
 from security.uploads import UploadPolicy
 from settings import Settings
 from web import context, errors, gate, request_record
-from web.metrics import NetworkAllowList, ServiceMetrics
+from web.metrics import NetworkAllowList, RequestCounter, ServiceMetrics
 from web.overload import MemoryGuard, default_probe
 from web.request_record import current_record
 from web.runtime import ModelRuntime, build_engine
@@ -59,7 +58,8 @@ def init_app(app: Flask, settings: Settings, *, engine: Any = None, model: Any =
         app, audit.AuditLog(client_mode=settings.audit_client, hash_key=settings.audit_hash_key)
     )
     metrics = ServiceMetrics()
-    _count_requests(app, metrics)
+    app.wsgi_app = RequestCounter(app.wsgi_app, app.url_map, metrics)  # type: ignore[method-assign]
+    _count_rejections(app, metrics)
     headers.init_app(app, cors_origins=settings.cors_origins)
     errors.init_app(app)
     for blueprint in (api.bp, ops.bp, pages.bp, queue_status.bp):
@@ -87,6 +87,7 @@ def init_app(app: Flask, settings: Settings, *, engine: Any = None, model: Any =
         queue_depth=lambda: engine.queue_depth,
         model_ready=lambda: float(runtime.ready),
         memory_ratio=lambda: service.memory.reading().ratio,
+        worker_ready=lambda: float(ops.not_ready(app) is None),
     )
     app.extensions.update(
         m2fp=engine,
@@ -97,15 +98,15 @@ def init_app(app: Flask, settings: Settings, *, engine: Any = None, model: Any =
     runtime.start()
 
 
-def _count_requests(app: Flask, metrics: ServiceMetrics) -> None:
+def _count_rejections(app: Flask, metrics: ServiceMetrics) -> None:
+    """Error answers by error code; requests, statuses and latency are counted around the
+    WSGI app (`RequestCounter`). The probes' 503s (/readyz) are not refused parses."""
+
     @app.after_request
     def _count(response: Response) -> Response:
-        route = request.url_rule.rule if request.url_rule is not None else "<unmatched>"
-        metrics.requests.labels(route, request.method, str(response.status_code)).inc()
-        record = current_record()
-        metrics.latency.labels(route).observe(time.perf_counter() - record.started)
-        if response.status_code >= 400:
-            metrics.rejections.labels(record.error_code or f"http_{response.status_code}").inc()
+        if response.status_code >= 400 and request.blueprint != "ops":
+            error_code = current_record().error_code or f"http_{response.status_code}"
+            metrics.rejections.labels(error_code).inc()
         return response
 
 

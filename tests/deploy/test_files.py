@@ -236,6 +236,13 @@ def test_compose_runs_nginx_app_and_redis_read_only():
     assert "deploy" in cpu and cpu["deploy"] is None  # !reset: no GPU reservation
 
 
+def test_compose_limits_memory_and_keeps_it_out_of_swap():
+    """Swap is disk: every service has a memory limit and a memory+swap limit equal to it."""
+    for name, service in compose()["base"]["services"].items():
+        assert service["mem_limit"], name
+        assert service["memswap_limit"] == service["mem_limit"], name
+
+
 # -- the edge image's entry point, as its non-root user would run it -----------------------------
 
 

@@ -18,12 +18,15 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 import secrets
 import shutil
+import socket
 import threading
 import time
 from pathlib import Path
 
+import psutil
 import pytest
 import requests
 
@@ -31,6 +34,7 @@ from tests.support import images
 from tests.support.fswatch import TreeWatch, unexpected
 from tests.support.paths import REPO
 from tests.support.servers import Gunicorn, RedisServer
+from web.overload import SAMPLE_SECONDS
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
 
@@ -229,7 +233,10 @@ def test_rate_limit_across_two_workers(tmp_path, tiny_model_dir, storage):
         assert len(server.workers()) == 2
         responses = _burst(server.url, 24)
         statuses = [r.status_code for r in responses]
-        assert set(statuses) <= {200, 429}
+        assert set(statuses) <= {200, 429}, (
+            [r.text for r in responses if r.status_code not in (200, 429)],
+            server.logs()[-3000:],
+        )
         if storage == "redis":
             assert statuses.count(200) == 5  # in total, whichever worker answered
             limited = next(r for r in responses if r.status_code == 429)
@@ -269,5 +276,160 @@ def test_preload_is_refused_loudly(tiny_model_dir):
         while "without --preload" not in server.logs() and time.monotonic() < deadline:
             time.sleep(0.1)
         assert "without --preload" in server.logs()
+    finally:
+        server.stop()
+
+
+# -- operations: the service's memory, swap, metrics and readiness of the whole instance ----------
+
+SWAPS = "Filename\tType\tSize\tUsed\tPriority\n/dev/fakeswap\tpartition\t8388604\t0\t-2\n"
+
+
+def _metrics(url: str) -> dict[tuple[str, tuple], float]:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    r = requests.get(url + "/metrics", timeout=10)
+    assert r.status_code == 200
+    return {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(r.text)
+        for s in family.samples
+    }
+
+
+def _tree_pss(master: psutil.Process) -> int:
+    return sum(p.memory_full_info().pss for p in [master, *master.children(recursive=True)])
+
+
+def test_memory_is_the_services_and_swap_is_reported_once(tiny_model_dir, tmp_path):
+    """Two workers, and swap active on the machine (a /proc/swaps seen through bubblewrap):
+    the first worker says so once; the memory measured is the master's and its workers' PSS,
+    not the machine's used memory (gigabytes on a shared machine)."""
+    assert BWRAP, "bubblewrap is missing: ./scripts/setup installs it"
+    swaps = tmp_path / "swaps"
+    swaps.write_text(SWAPS)
+    limit_mb = 64 * 1024
+    env = {"M2FP_MODEL_DIR": str(tiny_model_dir), "M2FP_MEMORY_LIMIT_MB": str(limit_mb)}
+    wrapper = [BWRAP, "--dev-bind", "/", "/", "--ro-bind", str(swaps), "/proc/swaps"]
+    server = Gunicorn(env, workers=2, wrapper=wrapper)
+    try:
+        workers = server.workers()
+        assert len(workers) == 2
+        master = workers[0].parent()
+        assert master.pid == workers[1].parent().pid
+        time.sleep(SAMPLE_SECONDS + 0.1)  # a fresh sample, with both models loaded
+        used = _metrics(server.url)[("m2fp_memory_usage_ratio", ())] * limit_mb * 1024 * 1024
+        expected = _tree_pss(master)
+        assert 0.75 * expected < used < 1.25 * expected, (used, expected)
+        assert psutil.virtual_memory().used > 2 * expected  # what the machine-wide figure was
+        warnings = [line for line in server.stderr if "swap is active" in line]
+        assert len(warnings) == 1, server.logs()
+        assert "/dev/fakeswap" in warnings[0] and "MemorySwapMax=0" in warnings[0]
+    finally:
+        server.stop()
+
+
+def _value(data, name: str, **labels) -> float:
+    return data.get((name, tuple(sorted(labels.items()))), 0.0)
+
+
+def _leave_before_the_answer(url: str) -> None:
+    """Send a whole parse request, then close the connection without reading the answer."""
+    body = images.png(640, 480)
+    port = int(url.rsplit(":", 1)[1])
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        head = (
+            f"POST {PARSE} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: image/png\r\n"
+            f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n"
+        )
+        sock.sendall(head.encode() + body)
+
+
+def test_one_scrape_shows_the_whole_instance(tiny_model_dir):
+    """Two workers: every scrape, whichever worker answers it, counts every request of the
+    instance (prometheus-client's multiprocess mode, its directory on tmpfs, made fresh by the
+    master and removed at exit), and a client that left before its answer is counted so."""
+    env = {"M2FP_MODEL_DIR": str(tiny_model_dir), "M2FP_RATE_LIMIT": "1000 per minute"}
+    server = Gunicorn(env, workers=2)
+    try:
+        found = re.search(r"metrics of all workers in (\S+)", server.logs())
+        assert found, server.logs()
+        metrics_dir = Path(found.group(1))
+        assert metrics_dir.parent == Path("/dev/shm") and metrics_dir.is_dir()
+        responses = _burst(server.url, 24)
+        assert [r.status_code for r in responses] == [200] * 24
+        parsed = {"route": PARSE, "method": "POST"}
+        for _ in range(8):  # new connections: the scrapes land on both workers
+            data = _metrics(server.url)
+            assert _value(data, "m2fp_http_requests_total", status="200", **parsed) == 24
+            assert _value(data, "m2fp_http_requests_total", status="client_closed", **parsed) == 0
+            assert _value(data, "m2fp_stage_duration_seconds_count", stage="decode") == 24
+        _leave_before_the_answer(server.url)
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            data = _metrics(server.url)
+            if _value(data, "m2fp_http_requests_total", status="client_closed", **parsed):
+                break
+            time.sleep(0.2)
+        assert _value(data, "m2fp_http_requests_total", status="client_closed", **parsed) == 1
+        assert _value(data, "m2fp_http_requests_total", status="200", **parsed) == 24
+    finally:
+        server.stop()
+    assert not metrics_dir.exists()
+
+
+def _wait_for_workers_ready(url: str, count: int, timeout: float = 30.0) -> None:
+    """Each worker writes its gauges once a second (web/metrics.py REFRESH_SECONDS)."""
+    deadline = time.monotonic() + timeout
+    while _value(_metrics(url), "m2fp_workers_ready") != count:
+        assert time.monotonic() < deadline, _metrics(url)
+        time.sleep(0.2)
+
+
+def test_readiness_holds_while_a_worker_restarts(tiny_model_dir):
+    """Two workers; one exits (as after max_requests or a crash) and gunicorn starts another,
+    which loads its model. Meanwhile every /readyz on the shared port answers 200 and every
+    parse succeeds: the new worker takes no connection before its model is ready. The metrics
+    show the workers and how many are ready."""
+    env = {"M2FP_MODEL_DIR": str(tiny_model_dir), "M2FP_RATE_LIMIT": "1000 per minute"}
+    server = Gunicorn(env, workers=2)
+    try:
+        _wait_for_workers_ready(server.url, 2)
+        assert _value(_metrics(server.url), "m2fp_workers") == 2
+        ready_lines = sum("model ready" in line for line in server.stderr)
+        close = {"Connection": "close"}  # a new connection each time: any worker may take it
+        parses: list[int] = []
+        restarted = threading.Event()
+
+        def parse_meanwhile():
+            while not restarted.is_set():
+                r = requests.post(
+                    server.url + PARSE,
+                    data=images.png(64, 48),
+                    timeout=30,
+                    headers={"Content-Type": "image/png", **close},
+                )
+                parses.append(r.status_code)
+
+        parser = threading.Thread(target=parse_meanwhile)
+        parser.start()
+        server.workers()[0].terminate()  # SIGTERM: it finishes and exits; a new one starts
+        probes = []
+        deadline = time.monotonic() + 120
+        try:
+            while sum("model ready" in line for line in server.stderr) <= ready_lines:
+                assert time.monotonic() < deadline, server.logs()
+                r = requests.get(server.url + "/readyz", timeout=10, headers=close)
+                probes.append(r.status_code)
+                time.sleep(0.02)
+        finally:
+            restarted.set()
+            parser.join(60)
+        assert len(probes) >= 10, "the new worker loaded too fast to tell"
+        assert probes == [200] * len(probes)
+        assert parses and parses == [200] * len(parses)
+        _wait_for_workers_ready(server.url, 2)
+        assert _value(_metrics(server.url), "m2fp_workers") == 2
+        assert len(server.workers()) == 2
     finally:
         server.stop()

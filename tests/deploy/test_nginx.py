@@ -13,6 +13,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import socket
 import ssl
 import subprocess
@@ -41,13 +42,14 @@ from tests.support.edge import (
     https,
     make_dev_cert,
     post,
+    request,
     slow_request,
     start_nginx,
     tls_context,
 )
 from tests.support.fswatch import disk_watch
 from tests.support.paths import REPO
-from tests.support.servers import free_port
+from tests.support.servers import free_port, wait_for_port
 
 pytestmark = pytest.mark.deploy
 
@@ -509,3 +511,103 @@ def test_the_disk_watch_sees_a_write_and_who_made_it(tmp_path):
     assert len(written) >= 2  # the named file and the anonymous one
     assert any("CREATE" in e.kinds for e in watch.dir_events)
     assert any("MODIFY" in e.kinds for e in watch.dir_events)
+
+
+# -- no core dumps: a crashing nginx must not write its buffers (request bodies) to disk ----------
+
+
+def _core_limit(pid: int) -> str:
+    for line in Path(f"/proc/{pid}/limits").read_text().splitlines():
+        if line.startswith("Max core file size"):
+            return " ".join(line.split()[4:6])  # soft, hard
+    raise AssertionError(f"no core limit for {pid}")
+
+
+def _nginx_children(pid: int) -> list[int]:
+    children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    return [int(p) for p in children]
+
+
+def test_nginx_workers_and_the_entrypoint_master_dump_no_core(tmp_path, tls, upstream):
+    """Started with core dumps allowed (prlimit), nginx's workers still get RLIMIT_CORE 0
+    (worker_rlimit_core in the template), and the edge image's entrypoint sets the master's
+    too (ulimit -c 0) before nginx starts."""
+    allow_cores = ["prlimit", "--core=unlimited:unlimited"]
+    server = start_nginx(
+        tmp_path / "direct", tls, [f"127.0.0.1:{upstream.server_port}"], wrapper=allow_cores
+    )
+    try:
+        assert _core_limit(server.proc.pid) == "unlimited unlimited"  # the control
+        workers = _nginx_children(server.proc.pid)
+        assert workers
+        assert {_core_limit(pid) for pid in workers} == {"0 0"}
+    finally:
+        server.stop()
+
+    https_port, http_port = free_port(), free_port()
+    run_dir = tmp_path / "entry"
+    env = {
+        "PATH": os.environ["PATH"],
+        "M2FP_UPSTREAMS": f"127.0.0.1:{upstream.server_port}",
+        "M2FP_LISTEN": "127.0.0.1",
+        "M2FP_HTTPS_PORT": str(https_port),
+        "M2FP_HTTP_PORT": str(http_port),
+        "M2FP_TLS_CERT": str(tls.cert),
+        "M2FP_TLS_KEY": str(tls.key),
+        "M2FP_EDGE_RUN_DIR": str(run_dir),
+        "M2FP_STATIC_ROOT": str(tmp_path),
+    }
+    proc = subprocess.Popen(
+        [*allow_cores, str(REPO / "nginx" / "docker-entrypoint.sh")],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        wait_for_port(https_port, proc=proc)
+        assert _core_limit(proc.pid) == "0 0"  # the entrypoint exec'd nginx: same pid
+        assert {_core_limit(pid) for pid in _nginx_children(proc.pid)} == {"0 0"}
+    finally:
+        proc.send_signal(signal.SIGQUIT)
+        proc.wait(10)
+
+
+# -- nginx's own counts, for Prometheus, without logging requests --------------------------------
+
+
+def _stub_status(socket_path: Path) -> dict[str, int]:
+    with socket.socket(socket.AF_UNIX) as sock:
+        sock.settimeout(5)
+        sock.connect(str(socket_path))
+        sock.sendall(b"GET /stub_status HTTP/1.0\r\nHost: localhost\r\n\r\n")
+        raw = b""
+        while chunk := sock.recv(65536):
+            raw += chunk
+    head, _, body = raw.decode().partition("\r\n\r\n")
+    assert head.startswith("HTTP/1.1 200"), head
+    # Active connections: 1 / server accepts handled requests / 5 5 7 / Reading: 0 Writing: 1 ...
+    lines = body.splitlines()
+    accepts, handled, requests_ = (int(n) for n in lines[2].split())
+    return {
+        "active": int(lines[0].split(":")[1]),
+        "accepts": accepts,
+        "handled": handled,
+        "requests": requests_,
+    }
+
+
+def test_stub_status_on_a_private_socket_only(edge, tls):
+    """stub_status answers on a unix socket in nginx's private runtime directory (what an
+    exporter reads), never on the public ports, and counts requests nginx answered itself."""
+    socket_path = Path(edge.options.runtime_dir) / "status.sock"
+    before = _stub_status(socket_path)
+    _, _, body = request(edge, tls, "GET", "/stub_status")
+    assert b"Active connections" not in body  # the public port passes it to the app
+    for _ in range(3):  # nginx's own answers (a redirect) count too
+        plain = requests.get(
+            f"http://127.0.0.1:{edge.http_port}/", timeout=5, allow_redirects=False
+        )
+        assert plain.status_code == 308
+    after = _stub_status(socket_path)
+    assert after["requests"] - before["requests"] >= 5  # the status read itself counts as well
+    assert after["accepts"] >= before["accepts"] + 4
