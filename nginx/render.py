@@ -40,7 +40,7 @@ DEFAULT_STATIC_ROOT = REPO / "static"
 
 MIB = 1024 * 1024
 # Chunked transfer framing counts against the body buffer: a buffer equal to the cap still
-# spills a chunked body of exactly the cap (serving-facts.md 1.2, case C). 1 MiB covers the
+# spills a chunked body of exactly the cap (tests/deploy/test_nginx.py sends one). 1 MiB covers the
 # framing of a body at the default cap sent in chunks of 128 bytes or more (measured: 64-byte
 # chunks overflow it); such a body is refused, not written (write_config: fail closed).
 BODY_BUFFER_HEADROOM = 1 * MIB
