@@ -8,6 +8,8 @@ are constants in `m2fp.labels`; docs/api.md shows them side by side.
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
@@ -24,6 +26,7 @@ from m2fp.labels import (
     LIP_FROM_CIHP,
     NUM_CLASSES,
     PALETTE,
+    PALETTES_HEX,
     _voc_colormap,
 )
 
@@ -90,6 +93,16 @@ class LabelSet:
             return self.keys.index(token)
         raise KeyError(token)
 
+    def with_palette(self, palette: str) -> LabelSet:
+        """This set in another of `PALETTES_HEX`'s palettes: "cihp" is the set's own colours;
+        "cvd" (safe for colour-vision deficiencies) gives each id the colour of the first CIHP
+        class it takes in, and keeps its own where it takes in none.
+
+        Raises:
+            KeyError: no such palette.
+        """
+        return _with_palette(self.name, palette)
+
     def remap(self, semantic: np.ndarray) -> np.ndarray:
         """uint8 (H, W) CIHP ids → uint8 (H, W) ids of this set (the same array for CIHP)."""
         if self.is_cihp:
@@ -131,6 +144,22 @@ LIP = _make("lip", LIP_CLASSES, LIP_FROM_CIHP)
 ATR = _make("atr", ATR_CLASSES, ATR_FROM_CIHP)
 COARSE = _make("coarse", COARSE_CLASSES, COARSE_FROM_CIHP)
 LABEL_SETS: dict[str, LabelSet] = {s.name: s for s in (CIHP, LIP, ATR, COARSE)}
+
+
+@functools.cache
+def _with_palette(name: str, palette: str) -> LabelSet:
+    base = LABEL_SETS[name]
+    colours = PALETTES_HEX[palette]
+    if palette == "cihp":
+        return base
+    table = base.palette.copy()
+    for set_id in range(len(base)):
+        sources = [c for c in range(NUM_CLASSES) if int(base.from_cihp[c]) == set_id]
+        if sources:
+            hex_colour = colours[sources[0]]
+            table[set_id] = [int(hex_colour[i : i + 2], 16) for i in (1, 3, 5)]
+    table.flags.writeable = False
+    return dataclasses.replace(base, palette=table)
 
 
 def label_set(name: str) -> LabelSet:

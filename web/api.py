@@ -15,7 +15,6 @@ from flask import Blueprint, Response, current_app, jsonify, request
 
 from m2fp import layers, render
 from m2fp.export import result_to_json
-from m2fp.labelsets import LABEL_SETS
 from web.inputs import read_upload
 from web.openapi import openapi_document
 from web.options import ParseOptions, legend_labels, parse_options
@@ -115,7 +114,7 @@ def _ms(seconds: dict[str, float]) -> dict[str, float]:
 
 @bp.get("/classes")
 def classes() -> Response:
-    labels = LABEL_SETS[legend_labels(request.args.to_dict(flat=False))]
+    labels = legend_labels(request.args.to_dict(flat=False))
     return jsonify({"classes": labels.table()})
 
 

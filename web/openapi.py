@@ -13,7 +13,15 @@ from flask import Flask
 from http_contract import ERRORS
 from m2fp.labelsets import LABEL_SETS
 from web.context import MAX_FORM_PARTS
-from web.options import DEFAULT_ALPHA, IMAGE_FORMATS, MASK_FORMATS, OUTPUTS, PSD_MEDIA_TYPE, SIZES
+from web.options import (
+    DEFAULT_ALPHA,
+    IMAGE_FORMATS,
+    MASK_FORMATS,
+    OUTPUTS,
+    PALETTES,
+    PSD_MEDIA_TYPE,
+    SIZES,
+)
 
 # What each error status of a parse means; the codes of each come from the one error list.
 ERROR_STATUSES = {
@@ -192,6 +200,13 @@ def _parse_operation(max_bytes: int) -> dict[str, Any]:
                 "The label set of ids, keys, names, colours and the label map: the model's"
                 " 20 CIHP classes, LIP (20), ATR (18) or coarse (7); `classes` refers to it.",
                 {"type": "string", "enum": list(LABEL_SETS), "default": "cihp"},
+            ),
+            _query(
+                "palette",
+                "The colours of the overlay, the legend and the layers: cihp (the model's own)"
+                " or cvd (safe for colour-vision deficiencies: touching parts stay apart under"
+                " protanopia, deuteranopia and tritanopia).",
+                {"type": "string", "enum": list(PALETTES), "default": "cihp"},
             ),
         ],
         "requestBody": _parse_body(max_bytes),
@@ -499,7 +514,12 @@ def _document(app: Flask) -> dict[str, Any]:
                             "labels",
                             "The label set to list (as `labels` of the parse).",
                             {"type": "string", "enum": list(LABEL_SETS), "default": "cihp"},
-                        )
+                        ),
+                        _query(
+                            "palette",
+                            "The colours listed (as `palette` of the parse).",
+                            {"type": "string", "enum": list(PALETTES), "default": "cihp"},
+                        ),
                     ],
                     "responses": {
                         "200": _json_response(

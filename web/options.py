@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
+from m2fp.labels import PALETTES_HEX
 from m2fp.labelsets import CIHP, LABEL_SETS, LabelSet
 from security.errors import BadRequest
 
@@ -29,7 +30,9 @@ PARAMETERS = (
     "person",
     "size",
     "labels",
+    "palette",
 )
+PALETTES = tuple(PALETTES_HEX)  # cihp (the model's own colours), cvd (colour-blind safe)
 DEFAULT_ALPHA = 0.6
 _TRUE = ("true", "1", "yes")
 _FALSE = ("false", "0", "no")
@@ -100,6 +103,7 @@ def parse_options(
         raise BadRequest("Give person_masks or its former name instances, not both.")
     masks_name = "instances" if "instances" in values else "person_masks"
     labels = LABEL_SETS[_choice("labels", values.get("labels", "cihp"), tuple(LABEL_SETS))]
+    labels = labels.with_palette(_choice("palette", values.get("palette", "cihp"), PALETTES))
     classes = _classes(values["classes"], labels) if "classes" in values else None
     person = _person(values["person"]) if "person" in values else None
     if output not in ("cutout", "matte"):
@@ -121,17 +125,24 @@ def parse_options(
     )
 
 
-def legend_labels(query: Mapping[str, Sequence[str]]) -> str:
-    """The label set `GET /api/v1/classes` lists: its one optional parameter, `labels`.
-    Other parameters are ignored, as before `labels` existed (v1 compatibility).
+def legend_labels(query: Mapping[str, Sequence[str]]) -> LabelSet:
+    """The label set `GET /api/v1/classes` lists, in its palette: its optional parameters,
+    `labels` and `palette`. Other parameters are ignored, as before those existed (v1
+    compatibility).
 
     Raises:
-        BadRequest: `labels` repeated, or an unknown set.
+        BadRequest: a parameter repeated, or an unknown set or palette.
     """
-    given = query.get("labels", ["cihp"])
-    if len(given) != 1:
-        raise BadRequest(f"Query parameter 'labels' is given {len(given)} times.")
-    return _choice("labels", given[0].strip(), tuple(LABEL_SETS))
+    chosen = {}
+    for name, default, allowed in (
+        ("labels", "cihp", tuple(LABEL_SETS)),
+        ("palette", "cihp", PALETTES),
+    ):
+        given = query.get(name, [default])
+        if len(given) != 1:
+            raise BadRequest(f"Query parameter {name!r} is given {len(given)} times.")
+        chosen[name] = _choice(name, given[0].strip(), allowed)
+    return LABEL_SETS[chosen["labels"]].with_palette(chosen["palette"])
 
 
 def _choice(name: str, value: str, allowed: tuple[str, ...]) -> str:
