@@ -75,3 +75,21 @@ def test_kubernetes_trusts_the_pod_network_one_entry_deep():
     assert env["M2FP_TRUSTED_PROXY_NETWORKS"] == env["M2FP_METRICS_ALLOW"]  # the pod network
     assert proxies.client("10.1.2.3", "6.6.6.6, 198.51.100.7") == "198.51.100.7"
     assert proxies.client("10.1.2.3", "6.6.6.6, 10.9.9.9") == "10.9.9.9"
+
+
+def test_the_edge_and_the_app_share_one_latency_target():
+    """nginx's read timeout and the app's deadlines follow M2FP_LATENCY_TARGET_SECONDS: an
+    edge rendered with another value than the app's could answer 504 before the app's 503."""
+    compose = yaml.safe_load((REPO / "docker-compose.yml").read_text())
+    targets = {
+        name: compose["services"][name]["environment"]["M2FP_LATENCY_TARGET_SECONDS"]
+        for name in ("edge", "app")
+    }
+    assert len(set(targets.values())) == 1, targets
+    values = set()
+    for manifest in ("app.yaml", "edge.yaml"):
+        text = (REPO / "deploy" / "kubernetes" / "base" / manifest).read_text()
+        found = re.findall(r"name: M2FP_LATENCY_TARGET_SECONDS\n\s+value: \"?([0-9.]+)", text)
+        assert len(found) == 1, manifest
+        values.add(found[0])
+    assert len(values) == 1, values

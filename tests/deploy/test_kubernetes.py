@@ -90,15 +90,20 @@ def quantity_bytes(text: str) -> int:
     return int(text)
 
 
-def gunicorn_setting(name: str) -> Any:
-    """A constant assigned at the top of gunicorn.conf.py (read, not executed)."""
-    tree = ast.parse((REPO / "gunicorn.conf.py").read_text())
-    for node in tree.body:
-        if isinstance(node, ast.Assign) and [getattr(t, "id", None) for t in node.targets] == [
-            name
-        ]:
-            return ast.literal_eval(node.value)
-    raise AssertionError(f"{name} is not set in gunicorn.conf.py")
+def gunicorn_setting(name: str, env: dict[str, str]) -> Any:
+    """A setting of gunicorn.conf.py as gunicorn reads it under `env` (the container's M2FP_*
+    variables: some settings follow from them), in a subprocess."""
+    code = f"import runpy; print(repr(runpy.run_path('gunicorn.conf.py')[{name!r}]))"
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=REPO,
+        env={"PATH": "/usr/bin:/bin", **env},
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+    ).stdout
+    return ast.literal_eval(out.strip())
 
 
 # -- schemas and policies ------------------------------------------------------------------------
@@ -318,7 +323,8 @@ def test_termination_grace_covers_the_prestop_wait_and_the_drain(rendered):
     _, _, docs = rendered
     app_spec = one(docs, "Deployment", "m2fp-app")["spec"]["template"]["spec"]
     pre_stop = container(docs, "m2fp-app", "app")["lifecycle"]["preStop"]["sleep"]["seconds"]
-    drain = gunicorn_setting("graceful_timeout")
+    app_env = env_of(container(docs, "m2fp-app", "app"))
+    drain = gunicorn_setting("graceful_timeout", app_env)
     assert app_spec["terminationGracePeriodSeconds"] >= pre_stop + drain
     assert pre_stop >= 5  # time for the endpoint's removal to reach every node
     edge_spec = one(docs, "Deployment", "m2fp-edge")["spec"]["template"]["spec"]
