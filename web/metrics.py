@@ -94,6 +94,17 @@ class ServiceMetrics:
             ("reason",),
             registry=r,
         )
+        self.bans = Counter(
+            "m2fp_bans",
+            "Temporary bans given (a client's M2FP_BAN_AFTER-th invalid upload in its window).",
+            registry=r,
+        )
+        self.worker_starts = Counter(
+            "m2fp_worker_starts",
+            "Worker processes started (apps created): beyond the instance's workers, restarts"
+            " after a crash, a SIGKILL or a timeout.",
+            registry=r,
+        )
         self.batch_size = Histogram(
             "m2fp_batch_size",
             "Images per model forward.",
@@ -162,7 +173,10 @@ class ServiceMetrics:
         """Where the gauges come from: set at each scrape, and once a second by a thread of
         each worker in multiprocess mode (a scrape is answered by one worker only). Under
         gunicorn a worker counts in `m2fp_workers` once it takes connections (`accepting`,
-        from its post_worker_init hook); otherwise from here."""
+        from its post_worker_init hook); otherwise from here. Called once per app, that is
+        once per worker: the worker's start is counted here, before its model loads, so a
+        worker that dies while loading still counts."""
+        self.worker_starts.inc()
         self._gauges = [
             (self.queue_depth, queue_depth),
             (self.model_ready, model_ready),

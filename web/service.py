@@ -121,8 +121,8 @@ class ParseService:
             # The byte cap was checked before; a 413 from here is the pixel cap or an image
             # whose decode would need more than the whole decode budget. Waiting too long for
             # a slot (503) is not the client's fault.
-            if identity is not None:
-                self.bans.strike(identity.subject)
+            if identity is not None and self.bans.strike(identity.subject):
+                self.metrics.bans.inc()
             raise
         finally:
             self.metrics.stage.labels("decode").observe(time.perf_counter() - started)

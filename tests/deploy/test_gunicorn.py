@@ -390,12 +390,13 @@ def test_readiness_holds_while_a_worker_restarts(tiny_model_dir):
     """Two workers; one exits (as after max_requests or a crash) and gunicorn starts another,
     which loads its model. Meanwhile every /readyz on the shared port answers 200 and every
     parse succeeds: the new worker takes no connection before its model is ready. The metrics
-    show the workers and how many are ready."""
+    show the workers, how many are ready, and how many have started."""
     env = {"M2FP_MODEL_DIR": str(tiny_model_dir), "M2FP_RATE_LIMIT": "1000 per minute"}
     server = Gunicorn(env, workers=2)
     try:
         _wait_for_workers_ready(server.url, 2)
         assert _value(_metrics(server.url), "m2fp_workers") == 2
+        assert _value(_metrics(server.url), "m2fp_worker_starts_total") == 2
         ready_lines = sum("model ready" in line for line in server.stderr)
         close = {"Connection": "close"}  # a new connection each time: any worker may take it
         parses: list[int] = []
@@ -430,6 +431,8 @@ def test_readiness_holds_while_a_worker_restarts(tiny_model_dir):
         assert parses and parses == [200] * len(parses)
         _wait_for_workers_ready(server.url, 2)
         assert _value(_metrics(server.url), "m2fp_workers") == 2
+        # the gone worker's start stays counted: the restart alert sees one more
+        assert _value(_metrics(server.url), "m2fp_worker_starts_total") == 3
         assert len(server.workers()) == 2
     finally:
         server.stop()

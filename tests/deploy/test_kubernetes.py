@@ -210,14 +210,33 @@ def rule_exprs() -> dict[str, str]:
     return {rule["alert"]: rule["expr"] for group in groups for rule in group["rules"]}
 
 
+def documented_nginx_metric_names() -> set[str]:
+    """The series nginx-prometheus-exporter exports, as docs/deployment.md ("nginx's own
+    counts") lists them (`nginx_connections_{accepted,handled}` spelled out)."""
+    text = (REPO / "docs" / "deployment.md").read_text()
+    section = text.split("### nginx's own counts", 1)[1].split("\n## ", 1)[0]
+    names = set()
+    for stem, choices in re.findall(r"`(nginx_[a-z_]+)(?:\{([a-z,\s]+)\})?`", section):
+        if choices:
+            names.update(stem + c.strip() for c in choices.split(","))
+        else:
+            names.add(stem)
+    return names
+
+
 def test_alerts_and_the_autoscaler_use_metrics_the_app_exports(rendered):
     _, _, docs = rendered
     exported = exported_metric_names()
+    nginx = documented_nginx_metric_names()
+    assert {"nginx_up", "nginx_connections_accepted", "nginx_connections_handled"} <= nginx
     exprs = rule_exprs()
-    assert len(exprs) >= 8
+    assert len(exprs) >= 16
     for alert, expr in exprs.items():
         used = set(re.findall(r"\bm2fp_[a-z_]+", expr))
-        assert used and used <= exported, (alert, used - exported)
+        edge = set(re.findall(r"\bnginx_[a-z_]+", expr))
+        assert used or edge, alert
+        assert used <= exported, (alert, used - exported)
+        assert edge <= nginx, (alert, edge - nginx)
     hpa = one(docs, "HorizontalPodAutoscaler", "m2fp-app")
     (metric,) = hpa["spec"]["metrics"]
     assert metric["pods"]["metric"]["name"] in exported
@@ -230,6 +249,43 @@ def test_alerts_and_the_autoscaler_use_metrics_the_app_exports(rendered):
     app = container(docs, "m2fp-app", "app")
     assert endpoint["path"] == "/metrics"
     assert endpoint["port"] in {p["name"] for p in app["ports"]}
+
+
+def alert_rules() -> list[dict[str, Any]]:
+    groups = yaml.safe_load((PROMETHEUS / "alerts.yml").read_text())["groups"]
+    return [rule for group in groups for rule in group["rules"]]
+
+
+def runbook_sections() -> dict[str, str]:
+    """The runbook's sections (docs/operations.md): alert name -> its paragraph."""
+    text = (REPO / "docs" / "operations.md").read_text()
+    return {
+        m.group(1): m.group(2).strip()
+        for m in re.finditer(r"^### (M2FP\w+)\n(.*?)(?=^#|\Z)", text, re.M | re.S)
+    }
+
+
+def test_every_alert_has_a_severity_a_wait_and_its_runbook_section():
+    sections = runbook_sections()
+    rules = alert_rules()
+    for rule in rules:
+        name = rule["alert"]
+        assert re.fullmatch(r"\d+m", rule["for"]), name
+        assert rule["labels"]["severity"] in {"critical", "warning"}, name
+        annotations = rule["annotations"]
+        assert annotations["summary"] and annotations["description"], name
+        # GitHub's anchor of the heading `### <name>`
+        assert annotations["runbook_url"] == f"docs/operations.md#{name.lower()}", name
+        assert len(sections.get(name, "").split()) >= 20, f"{name}: no runbook paragraph"
+    assert set(sections) == {rule["alert"] for rule in rules}  # no runbook of a gone alert
+
+
+def test_every_alert_fires_in_one_unit_test_and_stays_silent_in_another():
+    tests = yaml.safe_load((PROMETHEUS / "alerts_test.yml").read_text())["tests"]
+    cases = [case for test in tests for case in test["alert_rule_test"]]
+    for rule in alert_rules():
+        mine = [case["exp_alerts"] for case in cases if case["alertname"] == rule["alert"]]
+        assert any(mine) and not all(mine), rule["alert"]
 
 
 def test_thresholds_tied_to_settings_follow_the_manifests(rendered):

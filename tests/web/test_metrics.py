@@ -210,3 +210,18 @@ def test_a_response_cut_short_is_counted_client_closed(app):
     route = {"route": "/test-stream", "method": "GET"}
     assert value(data, "m2fp_http_requests_total", status="client_closed", **route) == 1
     assert value(data, "m2fp_http_requests_total", status="200", **route) == 1
+
+
+def test_worker_starts_and_bans_are_counted(make_app):
+    """One start per app (a gunicorn worker), and a ban counted once when it is given, apart
+    from the requests it then refuses (the alerts tell the two apart)."""
+    client = served(make_app(rate_limit="1000 per minute", ban_after=2))
+    for _ in range(2):
+        assert client.post(PARSE, data=images.TEXT, content_type="image/png").status_code == 415
+    for _ in range(3):
+        assert client.post(PARSE, data=images.png(), content_type="image/png").status_code == 429
+    data = samples(client)
+    assert value(data, "m2fp_worker_starts_total") == 1
+    assert value(data, "m2fp_bans_total") == 1
+    assert value(data, "m2fp_rejections_total", reason="unsupported_media_type") == 2
+    assert value(data, "m2fp_rejections_total", reason="temporarily_banned") == 3
