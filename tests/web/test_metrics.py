@@ -173,7 +173,9 @@ def test_a_client_that_left_is_counted_as_such(app):
             content_type="image/png",
             environ_overrides={"gunicorn.socket": server_end},
         )
-        assert r.status_code == 200  # computed; nobody was there to read it
+        # Computed if its forward began before the departure was seen (200), dropped from the
+        # queue otherwise (503, web/service.py's client_alive): nobody is there to read either.
+        assert r.status_code in (200, 503)
         r = client.post(
             PARSE,
             data=images.png(),
