@@ -12,8 +12,8 @@ from werkzeug.test import EnvironBuilder
 
 from tests.support import images
 from tests.support.api import PARSE
+from tests.support.engines import SlowStart
 from tests.support.model_factory import make_tiny_model
-from tests.web.test_readiness import SlowStart
 
 
 class ServedClient(FlaskClient):
