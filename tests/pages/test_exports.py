@@ -12,7 +12,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from playwright.sync_api import sync_playwright
 
 from tests.pages.test_index import is_parse, pick, rle_mask, settle
 from tests.support.axe import assert_accessible
@@ -23,7 +22,6 @@ from tests.support.pages import (
     assert_clean,
     browser_context,
     drop_file,
-    launch,
     make_app,
     open_page,
     serve,
@@ -43,14 +41,6 @@ OWN = (300, 400)  # the photo's own (height, width)
 def server(tiny_model_dir):
     with serve(make_app(tiny_model_dir, max_side=MAX_SIDE)) as live:
         yield live
-
-
-@pytest.fixture(scope="module")
-def browser():
-    with sync_playwright() as p:
-        chromium = launch(p, camera=False)
-        yield chromium
-        chromium.close()
 
 
 def parse_beach(page) -> dict:

@@ -11,7 +11,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
-from playwright.sync_api import sync_playwright
 from pycocotools import mask as coco_mask
 
 from tests.support.images import decode_array, gif, photo
@@ -25,7 +24,6 @@ from tests.support.pages import (
     canvas_pixels,
     decode_label_map,
     drop_file,
-    launch,
     leftovers,
     make_app,
     open_page,
@@ -38,20 +36,6 @@ from tests.support.pages import (
 pytestmark = pytest.mark.browser
 
 DIM = 0.28  # static/js/compositor.js: brightness kept outside a highlighted person
-
-
-@pytest.fixture(scope="module")
-def server(tiny_model_dir):
-    with serve(make_app(tiny_model_dir)) as live:
-        yield live
-
-
-@pytest.fixture(scope="module")
-def browser():
-    with sync_playwright() as p:
-        chromium = launch(p, camera=False)
-        yield chromium
-        chromium.close()
 
 
 @pytest.fixture

@@ -9,7 +9,6 @@ import json
 
 import numpy as np
 import pytest
-from playwright.sync_api import sync_playwright
 
 from m2fp.labels import PALETTES_HEX
 from tests.pages.test_index import is_parse, parse_by_picking, pick, settle
@@ -22,10 +21,7 @@ from tests.support.pages import (
     browser_context,
     canvas_pixels,
     decode_label_map,
-    launch,
-    make_app,
     open_page,
-    serve,
     shoot,
     wait_until,
 )
@@ -34,20 +30,6 @@ pytestmark = pytest.mark.browser
 
 TOUCH_PHONE = {"viewport": PHONE, "device_scale_factor": 2, "is_mobile": True, "has_touch": True}
 FRAME = "() => new Promise((r) => requestAnimationFrame(() => r()))"
-
-
-@pytest.fixture(scope="module")
-def server(tiny_model_dir):
-    with serve(make_app(tiny_model_dir)) as live:
-        yield live
-
-
-@pytest.fixture(scope="module")
-def browser():
-    with sync_playwright() as p:
-        chromium = launch(p, camera=False)
-        yield chromium
-        chromium.close()
 
 
 def legend_ids(page) -> list[int]:

@@ -4,7 +4,6 @@ app and a tiny model: capture, result, idle reset without reload, fallback witho
 from __future__ import annotations
 
 import pytest
-from playwright.sync_api import sync_playwright
 
 from tests.support.images import photo
 from tests.support.pages import (
@@ -36,12 +35,6 @@ def server(tiny_model_dir):
     app = make_app(tiny_model_dir, kiosk_idle_seconds=IDLE_SECONDS, kiosk_notice=NOTICE)
     with serve(app) as live:
         yield live
-
-
-@pytest.fixture(scope="module")
-def playwright():
-    with sync_playwright() as p:
-        yield p
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,7 @@ import re
 import numpy as np
 import pytest
 
-from tests.pages.test_kiosk import browser, playwright, wait_screen  # noqa: F401
+from tests.pages.test_kiosk import browser, wait_screen  # noqa: F401
 from tests.support.pages import (
     assert_clean,
     browser_context,

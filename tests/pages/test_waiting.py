@@ -19,7 +19,6 @@ import urllib.request
 
 import numpy as np
 import pytest
-from playwright.sync_api import sync_playwright
 
 from app import create_app
 from m2fp.engine import InferenceEngine
@@ -113,12 +112,6 @@ def gated(tiny_model):
         assert served.queue()["service_seconds"] > 0
         yield served
         served.release()
-
-
-@pytest.fixture(scope="module")
-def playwright():
-    with sync_playwright() as p:
-        yield p
 
 
 @pytest.fixture(scope="module")

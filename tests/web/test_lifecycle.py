@@ -1,14 +1,13 @@
 """The app's side of a graceful stop (lifecycle.py): a draining worker's /readyz answers 503
-`draining` while parses are still served; the drain setting is validated; gunicorn's re-exec
-command line works for a start as `python -m gunicorn`. The signals themselves, on real
-gunicorn, are tests/deploy/test_drain.py."""
+`draining` while parses are still served; gunicorn's re-exec command line works for a start as
+`python -m gunicorn`. The drain setting's validation is tests/test_settings.py; the signals
+themselves, on real gunicorn, are tests/deploy/test_drain.py."""
 
 from __future__ import annotations
 
 import pytest
 
 import lifecycle
-from settings import Settings, SettingsError
 from tests.support import images
 
 
@@ -26,17 +25,6 @@ def test_readyz_answers_draining_while_parses_are_served(app):
     parsed = client.post("/api/v1/parse?output=json", data=images.png(), content_type="image/png")
     assert parsed.status_code == 200
     assert "Retry-After" not in parsed.headers
-
-
-@pytest.mark.parametrize("value", ["-1", "601", "soon"])
-def test_drain_seconds_is_validated(value):
-    with pytest.raises(SettingsError, match="M2FP_DRAIN_SECONDS"):
-        Settings.from_env({"M2FP_DRAIN_SECONDS": value})
-
-
-def test_drain_seconds_default_and_zero():
-    assert Settings.from_env({}).drain_seconds == 5
-    assert Settings.from_env({"M2FP_DRAIN_SECONDS": "0"}).drain_seconds == 0
 
 
 @pytest.mark.parametrize(

@@ -11,10 +11,9 @@ from prometheus_client.parser import text_string_to_metric_families
 from werkzeug.test import EnvironBuilder
 
 from tests.support import images
+from tests.support.api import PARSE
+from tests.support.engines import SlowStart
 from tests.support.model_factory import make_tiny_model
-from tests.web.test_readiness import SlowStart
-
-PARSE = "/api/v1/parse"
 
 
 class ServedClient(FlaskClient):

@@ -15,6 +15,7 @@ import pytest
 
 from m2fp.engine import InferenceEngine
 from tests.support import images
+from tests.support.api import PARSE
 from tests.support.model_factory import make_tiny_model
 from web.service import (
     REQUEST_THREAD_NICE,
@@ -22,8 +23,6 @@ from web.service import (
     connection_open,
     yield_to_the_engine,
 )
-
-PARSE = "/api/v1/parse"
 
 
 class Gate:
