@@ -1,4 +1,4 @@
-"""Waits bounded by time, through the real deployment (issue 14, item 2): every time limit
+"""Waits bounded by time, through the real deployment: every time limit
 derives from M2FP_LATENCY_TARGET_SECONDS, nginx waits longer than the app's engine, and a burst
 larger than the target allows gets 503s with Retry-After at once, never nginx's 504; parses
 whose clients left are not computed. Real nginx in front of real gunicorn, tiny model, 127.0.0.1.

@@ -410,7 +410,7 @@ def test_edge_rate_limit_answers_json_429_with_retry_after(tmp_path, tls, upstre
             code="rate_limited",
         )
         assert limited.headers["Retry-After"] == "1"
-        # counted in the access log, not written one by one to the error log (issue 13)
+        # counted in the access log, not written one by one to the error log
         assert "limiting requests" not in server.errors()
         entry = server.access_entry(limited.headers["X-Request-ID"])
         assert entry is not None and entry["status"] == 429

@@ -1,4 +1,4 @@
-"""Exports from the drag-and-drop page (issue 15 item 3) in real headless Chromium against the
+"""Exports from the drag-and-drop page in real headless Chromium against the
 real app: the transparent cutout of the ticked parts, each person's mask and cutout, the
 photo's own size, and download names taken from the photo's name (`beach.jpg` →
 `beach-overlay.png`; a pasted image → `photo-…`). axe on the open exports menu; screenshots
@@ -164,7 +164,7 @@ def test_the_photos_own_size(server, browser):
         sent: list[str] = []
         page.on("request", lambda r: sent.append(r.url) if is_parse(r) else None)
         if "size" in PARAMETERS:
-            # The API's original-size option (issue 16): a second parse at the photo's size.
+            # The API's original-size option: a second parse at the photo's size.
             name, data = save(page, "#download-overlay")
             assert name == "beach-overlay.png"
             assert decode_array(data).shape[:2] == OWN

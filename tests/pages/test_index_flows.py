@@ -1,4 +1,4 @@
-"""The drag-and-drop page (`/`) as people use it (issue 15): a failed upload keeps the result on
+"""The drag-and-drop page (`/`) as people use it: a failed upload keeps the result on
 screen, words that agree with the overlay, a phone (notice, touch words, tap to single out),
 zoom and pan, the sample photo and the colour-blind-safe palette. Real headless Chromium against
 the real app and a tiny model; screenshots in artifacts/screenshots/ named after the state."""

@@ -1,4 +1,4 @@
-"""The kiosk (`/kiosk`) at arm's length (issue 15): it waits for a parse as long as the server
+"""The kiosk (`/kiosk`) at arm's length: it waits for a parse as long as the server
 may take, the photo is not mirrored though the preview is, text is large and the actions are in
 reach on a 1080×1920 portrait screen, the shutter has a name, plurals read right. Real headless
 Chromium with its fake camera, against the real app; screenshots in artifacts/screenshots/."""

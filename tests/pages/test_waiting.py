@@ -1,4 +1,4 @@
-"""Honest waiting (issue 15 item 1) in real headless Chromium against the real app: the progress
+"""Honest waiting in real headless Chromium against the real app: the progress
 card's place in the queue, time left and elapsed time from `GET /api/v1/queue`; Cancel, which
 aborts the request, says so and keeps the previous result; the kiosk's working screen in big
 type; the page's deadline never shorter than the server's. axe on each new state; screenshots

@@ -1,4 +1,4 @@
-"""security.uploads and data after the image (issue 16, item 4): phone photos with a video or
+"""security.uploads and data after the image: phone photos with a video or
 a trailer after the image are accepted by decoding only the image; the trailing bytes reach no
 decoder; an operator can keep the strict refusal; whatever is not a well-formed image at its
 start is still refused."""

@@ -163,7 +163,7 @@ def test_json_bodies_are_valid_json(client):
     json.loads(r.get_data(as_text=True))
 
 
-# ------------------------------------------------------------ decode budget (issue 13, item 2)
+# ------------------------------------------------------------ decode budget
 
 
 def test_an_image_whose_decode_exceeds_the_budget_is_413(make_app):
@@ -188,7 +188,7 @@ def test_no_decode_slot_in_time_is_503_with_retry_after(make_app, monkeypatch):
     assert budget.in_use == (0, 0)
 
 
-# ------------------------------------------------------- decode-cost bombs (issue 13, item 1)
+# ------------------------------------------------------- decode-cost bombs
 
 
 @pytest.mark.parametrize(
@@ -209,7 +209,7 @@ def test_decode_cost_bombs_are_422_in_milliseconds(client, build, mime):
     assert "too much to decode" in error["message"]
 
 
-# --- issue 16: classes by name, original size, mattes, layers, label sets ---------------------
+# --- classes by name, original size, mattes, layers, label sets ---------------------
 
 
 def _json(client, query: str = "", data: bytes | None = None) -> dict:

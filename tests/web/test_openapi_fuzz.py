@@ -1,4 +1,4 @@
-"""Schemathesis against the real app (issue 16, item 6): the schema says what the validation
+"""Schemathesis against the real app: the schema says what the validation
 does. Every operation of `/api/v1/openapi.json`, whatever the document lists, with requests
 drawn from the document and sent over a socket on 127.0.0.1 to the app with the tiny model:
 no 5xx, every status, content type, header and body as documented, and no schema-valid
@@ -58,7 +58,7 @@ SEED = 16
 
 def _uploads() -> dict[str, list[bytes]]:
     """Real images by media type: small (the tiny model answers in milliseconds), of each
-    format, some with data after the image (issue 16, item 4)."""
+    format, some with data after the image."""
     return {
         "image/jpeg": [
             images.sample("image/jpeg"),

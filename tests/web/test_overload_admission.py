@@ -1,4 +1,4 @@
-"""Admission before the expensive work, and waits bounded by time (issue 14, items 1 and 2):
+"""Admission before the expensive work, and waits bounded by time:
 a parse the engine cannot finish within the latency target is refused with 503 `overloaded`
 and a Retry-After from the engine's estimate before its upload is read or decoded; an admitted
 one waits no longer than the engine's deadline; work whose client left is not computed."""
