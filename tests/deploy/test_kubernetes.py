@@ -6,7 +6,6 @@ the edge really have."""
 
 from __future__ import annotations
 
-import ast
 import copy
 import dataclasses
 import json
@@ -25,6 +24,7 @@ import yaml
 from nginx.render import default_read_timeout_s
 from settings import PREFIX, Settings
 from tests.support.paths import REPO
+from tests.support.servers import gunicorn_setting
 from web.metrics import ServiceMetrics
 
 KUBERNETES = REPO / "deploy" / "kubernetes"
@@ -88,22 +88,6 @@ def quantity_bytes(text: str) -> int:
         if text.endswith(suffix):
             return int(text[: -len(suffix)]) * factor
     return int(text)
-
-
-def gunicorn_setting(name: str, env: dict[str, str]) -> Any:
-    """A setting of gunicorn.conf.py as gunicorn reads it under `env` (the container's M2FP_*
-    variables: some settings follow from them), in a subprocess."""
-    code = f"import runpy; print(repr(runpy.run_path('gunicorn.conf.py')[{name!r}]))"
-    out = subprocess.run(
-        [sys.executable, "-c", code],
-        cwd=REPO,
-        env={"PATH": "/usr/bin:/bin", **env},
-        capture_output=True,
-        text=True,
-        check=True,
-        timeout=60,
-    ).stdout
-    return ast.literal_eval(out.strip())
 
 
 # -- schemas and policies ------------------------------------------------------------------------

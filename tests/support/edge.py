@@ -201,17 +201,19 @@ def start_nginx(
     tls: TlsFiles,
     upstreams: Iterable[str],
     wrapper: Sequence[str] = (),
+    https_hosts: Sequence[str] = ("127.0.0.1",),
     **overrides: object,
 ) -> Nginx:
     """Render a config into `directory` with free ports and start nginx in the foreground.
-    The runtime directory (pid, temp paths) is `directory/run`; logs are files beside it."""
+    The runtime directory (pid, temp paths) is `directory/run`; logs are files beside it.
+    The HTTPS port listens on each of `https_hosts` (`[::1]` for IPv6)."""
     https_port, http_port = free_port(), free_port()
     error_log, access_log = directory / "error.log", directory / "access.log"
     options = NginxOptions(
         runtime_dir=directory / "run",
         cert=tls.cert,
         key=tls.key,
-        https_listen=(f"127.0.0.1:{https_port}",),
+        https_listen=tuple(f"{host}:{https_port}" for host in https_hosts),
         http_listen=(f"127.0.0.1:{http_port}",),
         upstreams=tuple(upstreams),
         static_root=None,

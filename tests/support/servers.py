@@ -5,6 +5,7 @@ launcher every test that needs the app behind a socket uses) and redis-server, e
 
 from __future__ import annotations
 
+import ast
 import contextlib
 import json
 import os
@@ -58,6 +59,22 @@ def gunicorn_env(env: dict[str, str]) -> dict[str, str]:
     # stop would otherwise wait M2FP_DRAIN_SECONDS for a load balancer there is none of.
     full_env.setdefault("M2FP_DRAIN_SECONDS", "0")
     return full_env
+
+
+def gunicorn_setting(name: str, env: dict[str, str]) -> object:
+    """A setting of gunicorn.conf.py as gunicorn reads it under `env` (the container's M2FP_*
+    variables: some settings follow from them), in a subprocess."""
+    code = f"import runpy; print(repr(runpy.run_path('gunicorn.conf.py')[{name!r}]))"
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=REPO,
+        env={"PATH": "/usr/bin:/bin", **env},
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+    ).stdout
+    return ast.literal_eval(out.strip())
 
 
 def run_gunicorn(env: dict[str, str], *, timeout: float = 60.0) -> tuple[int, str, str]:

@@ -9,17 +9,14 @@ import contextlib
 import re
 import socket
 import ssl
-import subprocess
 import threading
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from gunicorn_worker import DeadlineThreadWorker
-from nginx.render import NginxOptions, write_config
-from tests.support.edge import NGINX, Nginx, TlsFiles, tls_context
-from tests.support.servers import free_port, wait_for_port
+from tests.support.edge import Nginx, TlsFiles, start_nginx, tls_context
 
 
 @dataclass(frozen=True)
@@ -213,39 +210,10 @@ def ipv6_loopback() -> bool:
 def start_dual_stack_nginx(
     directory: Path, tls: TlsFiles, upstreams: Sequence[str], **overrides: object
 ) -> Nginx:
-    """`deploy.start_nginx` with the HTTPS port on 127.0.0.1 and, where the host has it, [::1]
+    """`edge.start_nginx` with the HTTPS port on 127.0.0.1 and, where the host has it, [::1]
     too (the same port): IPv6 clients for the per-client limits."""
-    https_port, http_port = free_port(), free_port()
-    hosts = ["127.0.0.1", *(["[::1]"] if ipv6_loopback() else [])]
-    error_log, access_log = directory / "error.log", directory / "access.log"
-    options = NginxOptions(
-        runtime_dir=directory / "run",
-        cert=tls.cert,
-        key=tls.key,
-        https_listen=tuple(f"{host}:{https_port}" for host in hosts),
-        http_listen=(f"127.0.0.1:{http_port}",),
-        upstreams=tuple(upstreams),
-        static_root=None,
-        access_log=str(access_log),
-        error_log=str(error_log),
-        worker_processes="1",
-    )
-    options = replace(options, **overrides)
-    conf = write_config(options, directory / "nginx.conf")
-    server = Nginx(options, conf, error_log, access_log, https_port=https_port)
-    server.http_port = http_port
-    server.proc = subprocess.Popen(
-        [NGINX, "-e", str(error_log), "-p", str(options.runtime_dir), "-c", str(conf)]
-        + ["-g", "daemon off;"],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        wait_for_port(https_port, proc=server.proc)
-    except Exception:
-        server.stop()
-        raise RuntimeError(f"nginx did not start:\n{server.errors()}") from None
-    return server
+    hosts = ("127.0.0.1", *(("[::1]",) if ipv6_loopback() else ()))
+    return start_nginx(directory, tls, upstreams, https_hosts=hosts, **overrides)
 
 
 # -- gunicorn with short deadlines ----------------------------------------------------------------
