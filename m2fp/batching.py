@@ -296,6 +296,10 @@ class MicroBatcher(Generic[T, R]):
             ClientGone: `alive()` answered False.
             Exception: whatever `fn` raised for the batch.
         """
+        if alive is not None and not alive():
+            # gone while its item was being prepared: an idle worker would run it at once
+            self._count_drop(gone=True)
+            raise ClientGone("the client left before its item was queued")
         deadline = None if timeout is None else time.monotonic() + timeout
         future = self.submit_future(
             item, timings=timings, reservation=reservation, deadline=deadline

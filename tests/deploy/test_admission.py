@@ -199,7 +199,9 @@ def send_and_leave(edge, tls, body: bytes) -> ssl.SSLSocket:
 @pytest.mark.slow
 def test_parses_whose_clients_left_are_not_computed(tmp_path_factory, tls, tiny_model_dir):
     # A large working size makes each forward of the tiny model long (a second or more) so
-    # that the five are still queued when their clients hang up.
+    # that the five are still waiting (queued, or admitted and decoding) when their clients
+    # hang up. What the test holds the engine to does not depend on that timing: whatever was
+    # still waiting when the clients left is not computed.
     photo = images.jpeg(4800, 3200)
     with deployment(tmp_path_factory, tls, tiny_model_dir, "120", max_side=4800) as (app, edge):
         status, _, body = post(edge, tls, PARSE, photo, JPEG)
@@ -213,17 +215,24 @@ def test_parses_whose_clients_left_are_not_computed(tmp_path_factory, tls, tiny_
         stays.start()
         time.sleep(0.2)  # its upload and decode are under way
         leaving = [send_and_leave(edge, tls, photo) for _ in range(5)]
-        # queued (or still decoding) behind it, and gone while its forward still runs
         time.sleep(min(0.5, forward_s / 4))
         for conn in leaving:
             conn.close()
+        # the queue as the clients left: computed so far, and what was running or waiting
+        at_close = computed(app)
+        queue = requests.get(app.url + "/api/v1/queue", timeout=10).json()
         stays.join(120)
         assert first == [200]
         time.sleep(3)  # time for a forward of anything that was not dropped
         ran = computed(app) - before
+        after_close = computed(app) - at_close
         audit = [json.loads(line) for line in app.stdout if line.startswith("{")]
-    # the one that stayed, and at most one taken from the queue before its client's
-    # departure was seen
-    assert 1 <= ran <= 2, (ran, forward_s)
+    assert queue["queued"] >= 1, (queue, forward_s)  # some were caught waiting: the test shows
+    # After the clients left: what was running finishes (the one that stayed, or a leaver
+    # whose forward had begun), and at most one more is taken before its client's departure
+    # is seen (the waiting threads look every 0.25 s); the rest of the waiting is dropped.
+    assert after_close <= queue["running"] + 1, (after_close, queue, forward_s)
+    assert ran <= 1 + 5 - queue["queued"] + 1, (ran, queue)
     parses = [line["status"] for line in audit if line["path"] == "/api/v1/parse"]
-    assert len(parses) == 7 and parses.count(200) == 2, parses  # the five that left: not 200
+    # the warm-up and the one that stayed answered 200; a leaver answered 200 only if computed
+    assert len(parses) == 7 and 2 <= parses.count(200) <= 1 + ran, (parses, ran)

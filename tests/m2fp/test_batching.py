@@ -381,3 +381,22 @@ def test_invalid_bounds() -> None:
 def test_the_batcher_imports_no_torch() -> None:
     code = "import sys, m2fp.batching; assert 'torch' not in sys.modules, sorted(sys.modules)"
     subprocess.run([sys.executable, "-c", code], cwd=REPO, check=True, timeout=60)
+
+
+def test_an_item_whose_client_left_while_it_was_prepared_is_never_queued() -> None:
+    """An idle worker would run an item the moment it is queued, before any poll of `alive`:
+    a client gone during the upload or the decode is caught at the door."""
+    seen: list[list[int]] = []
+
+    def run(items: list[int]) -> list[int]:
+        seen.append(list(items))
+        return [x * 10 for x in items]
+
+    batcher = MicroBatcher(run, max_batch=1, max_wait_ms=0)
+    batcher.start()
+    with pytest.raises(ClientGone):
+        batcher.submit(1, timeout=5, alive=lambda: False)
+    assert batcher.dropped_gone == 1 and batcher.depth == 0
+    assert batcher.submit(2, timeout=5, alive=lambda: True) == 20
+    assert seen == [[2]]  # the first never reached the worker
+    batcher.close()
