@@ -3,7 +3,7 @@ time limits derived from the latency target, the Content-Security-Policy and the
 Permissions-Policy.
 
 Both sides import this module: the app (`security/errors.py`, `web/errors.py`,
-`web/openapi.py`, `web/context.py`, `security/headers.py`) and the edge's config renderer
+`web/openapi_schemas.py`, `web/context.py`, `security/headers.py`) and the edge's config renderer
 (`nginx/render.py`), which runs in the edge image without Flask. So: the standard library only,
 and nothing from the rest of the repository. `tests/test_http_contract.py` proves that what
 each side sends is what is written here.

@@ -3,39 +3,31 @@
     plan = plan_batch(["photos/", "extra.jpg"], out_dir="parsed", params={"output": "json"})
     report = BatchRunner(plan, client_factory=lambda: Client(url), concurrency=2).run()
 
-- Inputs: files named on the command line are sent whatever their extension; directories are
-  walked (hidden entries and the output directory excluded) for .jpg, .jpeg, .png and .webp,
-  everything else there is listed as skipped. `photos/trip/beach.jpg` → `parsed/trip/
-  beach-overlay.png` (or `beach.json`, `beach-cutout.webp`): the relative path is kept, the
-  name says which output it holds.
+- Inputs and output names: `plan_batch` (m2fp_client/batch_plan.py); what became of each
+  input: `Outcome` and `Report` (m2fp_client/outcomes.py).
 - An output that already exists is left alone (and not requested) unless `overwrite`; a file
   is written next to its final name and linked into place, so a half-written file never
   carries the final name.
-- Pacing, shared by all workers (`Throttle`): a 429 or 503 with Retry-After, or a response
-  saying `X-RateLimit-Remaining: 0`, pauses every worker; after a pause one request goes at a
-  time until one is answered, and then no more than the limit's remaining count, so a crowd
-  of workers does not wake into the same limit.
+- Pacing, shared by all workers (`Throttle`, m2fp_client/pacing.py): a Retry-After or an
+  exhausted rate limit pauses every worker, then one request probes before the rest follow.
 - Files the service would refuse as not an image (not JPEG, PNG or WebP by their first bytes)
   are refused here, unsent: refused uploads count towards the service's temporary ban.
 """
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import os
 import queue
 import random
-import re
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
-from email.utils import parsedate_to_datetime
+from collections.abc import Callable
 from pathlib import Path
 
 import requests
 
+from m2fp_client.batch_plan import EXTENSIONS, Job, Plan, plan_batch
 from m2fp_client.client import (
     RETRY_STATUSES,
     Client,
@@ -44,271 +36,10 @@ from m2fp_client.client import (
     ServiceError,
     sniff_image_type,
 )
-
-_NAME = re.compile(r"[a-z][a-z0-9_]{0,31}")
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp")
-# Output file extension from the response's media type; anything else keeps the predicted one.
-EXTENSIONS = {
-    "application/json": "json",
-    "image/png": "png",
-    "image/webp": "webp",
-    "image/vnd.adobe.photoshop": "psd",
-    "image/openraster": "ora",
-}
+from m2fp_client.outcomes import CANCELLED, EXISTS, FAILED, WRITTEN, Outcome, Report
+from m2fp_client.pacing import Throttle, rate_limit_wait, remaining_of
 
 WAIT_NOTICE_S = 2.0  # pauses at least this long are announced (on_wait)
-MAX_CLOCK_SKEW_S = 2.0  # beyond this, the server's Date measures the wait for its rate limit
-
-# Outcome states. Only FAILED makes the batch fail; EXISTS is the resume case.
-WRITTEN, EXISTS, FAILED, CANCELLED = "written", "exists", "failed", "cancelled"
-
-
-@dataclass(frozen=True)
-class Job:
-    """One input file and the output file it is expected to give."""
-
-    source: Path
-    target: Path
-
-
-@dataclass
-class Plan:
-    """What a batch will do: the jobs, the files skipped in directories, and jobs refused
-    before any request (two inputs that would write the same output)."""
-
-    out_dir: Path
-    params: dict[str, str]
-    jobs: list[Job] = field(default_factory=list)
-    skipped: list[Path] = field(default_factory=list)
-    conflicts: list[Outcome] = field(default_factory=list)
-
-
-@dataclass(frozen=True)
-class Outcome:
-    """What became of one input. `code` and `message` are the API's (or, with `status` None,
-    the client's own: `unsupported_media_type` checked here, `unreadable`, `connection_failed`,
-    `client_error`, `output_conflict`, `write_failed`, `cancelled`)."""
-
-    source: Path
-    state: str
-    target: Path | None = None
-    status: int | None = None
-    code: str | None = None
-    message: str | None = None
-    request_id: str | None = None
-
-    def describe(self) -> str:
-        if self.state == WRITTEN:
-            return f"{self.source} → {self.target}"
-        if self.state == EXISTS:
-            return f"{self.source}: {self.target} exists (--overwrite replaces it)"
-        where = f"{self.status} " if self.status is not None else ""
-        text = f"{self.source}: {where}{self.code}: {self.message}"
-        return text + (f" (request id {self.request_id})" if self.request_id else "")
-
-
-@dataclass
-class Report:
-    """Every input's outcome (conflicts first, then in plan order), the files skipped in
-    folders, and why the batch ended early, if it did."""
-
-    outcomes: list[Outcome]
-    skipped: list[Path]
-    seconds: float
-    interrupted: bool = False
-    stopped_because: str | None = None
-    unreachable: bool = False  # stopped because the service could not be reached
-
-    def count(self, state: str) -> int:
-        return sum(o.state == state for o in self.outcomes)
-
-    @property
-    def ok(self) -> bool:
-        return not self.interrupted and all(o.state in (WRITTEN, EXISTS) for o in self.outcomes)
-
-
-# -- planning ----------------------------------------------------------------------------------
-
-
-def output_extension(params: Mapping[str, str]) -> str:
-    """The extension an output is expected to have: json, or the image `format` (png)."""
-    if params.get("output") == "json":
-        return "json"
-    return params.get("format", "png")
-
-
-def _check_names(params: Mapping[str, str]) -> None:
-    """`output` and `format` become part of file names: plain names only."""
-    for key in ("output", "format"):
-        if key in params and not _NAME.fullmatch(params[key]):
-            raise ClientError(f"{key} must be a plain name such as png or cutout: {params[key]!r}")
-
-
-def plan_batch(
-    inputs: Sequence[str | Path], *, out_dir: str | Path, params: Mapping[str, str]
-) -> Plan:
-    """Expand `inputs` (files and directories) into jobs writing under `out_dir`.
-
-    Raises ClientError for an input that does not exist."""
-    _check_names(params)
-    out_dir = Path(out_dir)
-    plan = Plan(out_dir=out_dir, params=dict(params))
-    output = params.get("output", "overlay")
-    # beach.jpg → beach.json, beach-overlay.png, beach-cutout.webp, …
-    suffix = ".json" if output == "json" else f"-{output}.{output_extension(params)}"
-    exclude = out_dir.resolve()
-    pairs: list[tuple[Path, Path]] = []  # (source, path relative to out_dir without suffix)
-    for raw in inputs:
-        path = Path(raw)
-        if path.is_dir() and path.resolve() == exclude:
-            raise ClientError(f"--out {out_dir} is an input folder: its results would be inputs")
-        if path.is_dir():
-            for source in _walk(path, exclude):
-                if source.suffix.lower() in IMAGE_SUFFIXES:
-                    pairs.append((source, source.relative_to(path).with_suffix("")))
-                else:
-                    plan.skipped.append(source)
-        elif path.exists():
-            pairs.append((path, Path(path.stem)))
-        else:
-            raise ClientError(f"{path} does not exist")
-    by_target: dict[Path, list[Path]] = {}
-    seen: set[Path] = set()
-    for source, stem in pairs:
-        if source.resolve() in seen:  # named twice (itself and its folder): once is enough
-            continue
-        seen.add(source.resolve())
-        target = out_dir / stem.parent / (stem.name + suffix)
-        by_target.setdefault(target, []).append(source)
-    for target, sources in by_target.items():
-        if len(sources) == 1:
-            plan.jobs.append(Job(sources[0], target))
-            continue
-        for source in sources:
-            others = ", ".join(str(s) for s in sources if s != source)
-            plan.conflicts.append(
-                Outcome(
-                    source,
-                    FAILED,
-                    target,
-                    code="output_conflict",
-                    message=f"{others} would write the same {target}; rename one",
-                )
-            )
-    return plan
-
-
-def _walk(root: Path, exclude: Path) -> Iterable[Path]:
-    for folder, dirs, files in os.walk(root):
-        here = Path(folder)
-        dirs[:] = sorted(
-            d for d in dirs if not d.startswith(".") and (here / d).resolve() != exclude
-        )
-        for name in sorted(files):
-            if not name.startswith("."):
-                yield here / name
-
-
-# -- pacing ------------------------------------------------------------------------------------
-
-
-class Throttle:
-    """The pacing every worker shares: a pause, and a budget of requests.
-
-    `pause(seconds)` holds every worker until then; afterwards one request goes at a time (the
-    probe) until one is answered with something other than "wait". The budget is the rate
-    limit's `X-RateLimit-Remaining` from the latest answer, less the requests still on their
-    way: no request is sent that the limit is known to refuse. `acquire()` blocks until a
-    request may go and says whether it is the probe (None once cancelled); `release()` hands
-    back the outcome."""
-
-    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
-        self._clock = clock
-        self._cond = threading.Condition()
-        self._until = 0.0
-        self._probing = False
-        self._in_flight = 0
-        self._budget: int | None = None  # None: unknown (first requests, after a pause)
-        self._cancelled = False
-
-    def pause(self, seconds: float) -> bool:
-        """Hold every worker for `seconds`; True when that ends later than the pause already
-        in force (False: another worker's pause covers it)."""
-        with self._cond:
-            until = self._clock() + seconds
-            longer = until > self._until
-            self._until = max(self._until, until)
-            self._probing = True
-            self._budget = None
-            self._cond.notify_all()
-            return longer
-
-    def acquire(self) -> bool | None:
-        with self._cond:
-            while not self._cancelled:
-                delay = self._until - self._clock()
-                if delay > 0:
-                    self._cond.wait(delay)
-                elif self._in_flight and (self._probing or self._budget_spent()):
-                    self._cond.wait()  # a release or a pause wakes us
-                else:
-                    self._in_flight += 1
-                    if self._budget is not None:
-                        self._budget -= 1
-                    return self._probing
-            return None
-
-    def _budget_spent(self) -> bool:
-        return self._budget is not None and self._budget <= 0
-
-    def release(self, probe: bool, *, answered: bool, remaining: int | None = None) -> None:
-        """`answered`: the service took the request (anything but 429, 502, 503, 504 or no
-        connection); `remaining`: its X-RateLimit-Remaining, when it sent one."""
-        with self._cond:
-            self._in_flight -= 1
-            if probe and answered:
-                self._probing = False
-            if remaining is not None and self._clock() >= self._until:
-                self._budget = remaining - self._in_flight
-            self._cond.notify_all()
-
-    def cancel(self) -> None:
-        with self._cond:
-            self._cancelled = True
-            self._cond.notify_all()
-
-    @property
-    def cancelled(self) -> bool:
-        return self._cancelled
-
-
-def remaining_of(headers: Mapping[str, str] | None) -> int | None:
-    """X-RateLimit-Remaining as a number, when the answer has one."""
-    value = (headers or {}).get("X-RateLimit-Remaining", "")
-    return int(value) if value.strip().isdigit() else None
-
-
-def rate_limit_wait(headers: Mapping[str, str], *, now: float | None = None) -> float | None:
-    """Seconds until the rate limit has room again when the answer says none is left
-    (`X-RateLimit-Remaining: 0`), from `X-RateLimit-Reset` (Unix time, whole seconds).
-
-    This machine's clock measures it unless the answer's `Date` (whole seconds) disagrees by
-    more than 2 s: then the server's clock, which set the reset, is the one to trust."""
-    if headers.get("X-RateLimit-Remaining", "").strip() != "0":
-        return None
-    try:
-        reset = float(headers["X-RateLimit-Reset"])
-    except (KeyError, ValueError):
-        return None
-    now = time.time() if now is None else now
-    with contextlib.suppress(KeyError, TypeError, ValueError):
-        server_now = parsedate_to_datetime(headers["Date"]).timestamp()
-        if abs(server_now - now) > MAX_CLOCK_SKEW_S:
-            now = server_now
-    return max(0.0, reset - now)
-
-
-# -- running -----------------------------------------------------------------------------------
 
 
 class BatchRunner:
@@ -572,3 +303,18 @@ def _failed(job: Job, error: ServiceError) -> Outcome:
 
 def _cancelled(job: Job) -> Outcome:
     return Outcome(job.source, CANCELLED, code="cancelled", message="not finished")
+
+
+__all__ = [
+    "CANCELLED",
+    "EXISTS",
+    "FAILED",
+    "WRITTEN",
+    "BatchRunner",
+    "Outcome",
+    "Plan",
+    "Report",
+    "Throttle",
+    "plan_batch",
+    "rate_limit_wait",
+]

@@ -1,6 +1,7 @@
-"""The OpenAPI 3.1 document of the service, served at `GET /api/v1/openapi.json`.
+"""The OpenAPI 3.1 document of the service, served at `GET /api/v1/openapi.json`: its operations.
 
-Written by hand next to the views it describes; a test validates it with
+The reusable components (error shape, result schemas, error responses) are in
+`web/openapi_schemas.py`. Written by hand next to the views it describes; a test validates it with
 openapi-spec-validator and checks that every route of `app.url_map` is in it.
 """
 
@@ -10,9 +11,9 @@ from typing import Any
 
 from flask import Flask
 
-from http_contract import ERRORS
 from m2fp.labelsets import LABEL_SETS
 from web.context import MAX_FORM_PARTS
+from web.openapi_schemas import ERROR_STATUSES, components, ref
 from web.options import (
     DEFAULT_ALPHA,
     IMAGE_FORMATS,
@@ -23,43 +24,10 @@ from web.options import (
     SIZES,
 )
 
-# What each error status of a parse means; the codes of each come from the one error list.
-ERROR_STATUSES = {
-    "400": "Malformed request: no image, bad JSON or base64, an unknown or invalid option.",
-    "401": "An API key is required (M2FP_API_KEYS_REQUIRED) and none was sent.",
-    "403": "The API key is not valid.",
-    "413": "Too many bytes (M2FP_MAX_UPLOAD_MB) or too many pixels (M2FP_MAX_PIXELS).",
-    "415": "Not a JPEG, PNG or WebP, or the bytes are not what the name or type claims.",
-    "422": "A JPEG, PNG or WebP that does not decode (truncated, corrupt).",
-    "429": "Rate limited, or temporarily banned after invalid uploads.",
-    "500": "A bug: the response carries only the request id; the operator log has the rest.",
-    "503": "Model not ready, server overloaded, or the rate-limit storage unreachable.",
-}
-OTHER_STATUSES = {"404": "Not found."}
 # The image types an upload may be (security.uploads.ALLOWED_MIMES), as multipart parts too.
 IMAGE_TYPES = ("image/jpeg", "image/png", "image/webp")
 # A multipart part may also say application/octet-stream (what `curl -F` sends): not declared.
 ALLOWED_PARTS = (*IMAGE_TYPES, "application/octet-stream")
-
-
-# A class id: 0 to NUM_CLASSES - 1, what `web.options` accepts.
-def _codes(status: str) -> str:
-    return ", ".join(f"`{kind.code}`" for kind in ERRORS if kind.status == int(status))
-
-
-def _ref(name: str) -> dict[str, str]:
-    return {"$ref": f"#/components/schemas/{name}"}
-
-
-def _error_response(description: str, retry_after: bool = False) -> dict[str, Any]:
-    response: dict[str, Any] = {
-        "description": description,
-        "headers": {"X-Request-ID": {"$ref": "#/components/headers/X-Request-ID"}},
-        "content": {"application/json": {"schema": _ref("Error")}},
-    }
-    if retry_after:
-        response["headers"]["Retry-After"] = {"$ref": "#/components/headers/Retry-After"}
-    return response
 
 
 def _json_response(description: str, schema: dict[str, Any]) -> dict[str, Any]:
@@ -108,7 +76,7 @@ def _parse_operation(max_bytes: int) -> dict[str, Any]:
             " a layered Photoshop file.",
             "headers": image_headers,
             "content": {
-                "application/json": {"schema": _ref("ParseResult")},
+                "application/json": {"schema": ref("ParseResult")},
                 "image/png": {"schema": binary},
                 "image/webp": {"schema": binary},
                 PSD_MEDIA_TYPE: {"schema": binary},
@@ -267,156 +235,6 @@ def _parse_body(max_bytes: int) -> dict[str, Any]:
     }
 
 
-def _schemas() -> dict[str, Any]:
-    integer = {"type": "integer"}
-    return {
-        "Error": {
-            "type": "object",
-            "required": ["error"],
-            "properties": {
-                "error": {
-                    "type": "object",
-                    "required": ["code", "message", "request_id"],
-                    "properties": {
-                        "code": {
-                            "type": "string",
-                            "description": "A stable code (docs/api.md, Errors);"
-                            " `http_<status>` for a status without its own.",
-                            "anyOf": [
-                                {"enum": [kind.code for kind in ERRORS]},
-                                {"pattern": "^http_[0-9]{3}$"},
-                            ],
-                            "examples": ["unsupported_media_type"],
-                        },
-                        "message": {"type": "string"},
-                        "request_id": {"type": "string"},
-                    },
-                }
-            },
-        },
-        "Class": {
-            "type": "object",
-            "required": ["id", "key", "name", "color"],
-            "properties": {
-                "id": {"type": "integer", "minimum": 0, "maximum": 19},
-                "key": {
-                    "type": "string",
-                    "pattern": "^[a-z][a-z_]*$",
-                    "description": "Stable snake_case key (accepted by `classes=`).",
-                },
-                "name": {"type": "string", "description": "Display name."},
-                "color": {"type": "string", "pattern": "^#[0-9a-f]{6}$"},
-            },
-        },
-        "ClassStat": {
-            "allOf": [_ref("Class")],
-            "type": "object",
-            "properties": {
-                "pixels": integer,
-                "fraction": {"type": "number", "minimum": 0, "maximum": 1},
-            },
-        },
-        "EncodedImage": {
-            "type": "object",
-            "required": ["format", "data"],
-            "properties": {
-                "format": {"const": "png"},
-                "data": {"type": "string", "contentEncoding": "base64"},
-            },
-        },
-        "Mask": {
-            "oneOf": [
-                {
-                    "type": "object",
-                    "required": ["format", "size", "counts"],
-                    "properties": {
-                        "format": {"const": "rle"},
-                        "size": {"type": "array", "items": integer, "minItems": 2, "maxItems": 2},
-                        "counts": {"type": "string"},
-                    },
-                },
-                _ref("EncodedImage"),
-            ]
-        },
-        "Person": {
-            "type": "object",
-            "required": ["id", "score", "bbox", "area", "parts", "part_pixels"],
-            "properties": {
-                "id": integer,
-                "score": {"type": "number"},
-                "bbox": {
-                    "type": "array",
-                    "items": integer,
-                    "minItems": 4,
-                    "maxItems": 4,
-                    "description": "x, y, width, height (COCO).",
-                },
-                "area": {"type": "integer", "description": "Pixels of the person's mask."},
-                "parts": {
-                    "type": "array",
-                    "items": integer,
-                    "description": "Class ids present in the person, ascending.",
-                },
-                "part_pixels": {
-                    "type": "object",
-                    "description": "Class id (as a string: a JSON object key) → pixels of"
-                    " that class in the person. Kept for v1; `part_areas` carries the same"
-                    " counts with integer ids, keys and names.",
-                    "additionalProperties": integer,
-                },
-                "part_areas": {
-                    "type": "array",
-                    "description": "The person's classes by id: id (integer, as in `parts`),"
-                    " key, display name and pixels.",
-                    "items": {
-                        "type": "object",
-                        "required": ["id", "key", "name", "pixels"],
-                        "properties": {
-                            "id": integer,
-                            "key": {"type": "string"},
-                            "name": {"type": "string"},
-                            "pixels": integer,
-                        },
-                    },
-                },
-                "mask": _ref("Mask"),
-            },
-        },
-        "ParseResult": {
-            "type": "object",
-            "required": ["request_id", "image", "classes", "persons", "label_map", "timing_ms"],
-            "properties": {
-                "request_id": {"type": "string"},
-                "image": {
-                    "type": "object",
-                    "required": ["width", "height"],
-                    "properties": {"width": integer, "height": integer},
-                },
-                "classes": {"type": "array", "items": _ref("ClassStat")},
-                "persons": {"type": "array", "items": _ref("Person")},
-                "label_map": _ref("EncodedImage"),
-                "overlay": _ref("EncodedImage"),
-                "timing_ms": {
-                    "type": "object",
-                    "additionalProperties": {"type": "number"},
-                    "properties": {
-                        "decode": {"type": "number"},
-                        "queue": {"type": "number"},
-                        "inference": {"type": "number"},
-                        "render": {"type": "number"},
-                        "total": {"type": "number"},
-                    },
-                },
-            },
-        },
-        "Status": {
-            "type": "object",
-            "required": ["status"],
-            "properties": {"status": {"type": "string"}},
-        },
-    }
-
-
 def _queue_operation() -> dict[str, Any]:
     seconds = {"type": ["number", "null"], "minimum": 0}
     counts = {"type": "integer", "minimum": 0}
@@ -527,9 +345,7 @@ def _document(app: Flask) -> dict[str, Any]:
                             {
                                 "type": "object",
                                 "required": ["classes"],
-                                "properties": {
-                                    "classes": {"type": "array", "items": _ref("Class")}
-                                },
+                                "properties": {"classes": {"type": "array", "items": ref("Class")}},
                             },
                         )
                     },
@@ -547,7 +363,7 @@ def _document(app: Flask) -> dict[str, Any]:
                 "get": {
                     "operationId": "healthz",
                     "summary": "The process is alive.",
-                    "responses": {"200": _json_response("Alive.", _ref("Status"))},
+                    "responses": {"200": _json_response("Alive.", ref("Status"))},
                 }
             },
             "/readyz": {
@@ -556,7 +372,7 @@ def _document(app: Flask) -> dict[str, Any]:
                     "summary": "A parse would be accepted now (model loaded and warmed up, memory"
                     " below the shedding threshold, rate-limit storage reachable).",
                     "responses": {
-                        "200": _json_response("Ready.", _ref("Status")),
+                        "200": _json_response("Ready.", ref("Status")),
                         "503": {"$ref": "#/components/responses/E503"},
                     },
                 }
@@ -575,29 +391,7 @@ def _document(app: Flask) -> dict[str, Any]:
                 }
             },
         },
-        "components": {
-            "schemas": _schemas(),
-            "responses": {
-                f"E{status}": _error_response(
-                    f"{text} Codes: {_codes(status)}.", retry_after=status in ("429", "503")
-                )
-                for status, text in {**ERROR_STATUSES, **OTHER_STATUSES}.items()
-            },
-            "headers": {
-                "X-Request-ID": {
-                    "description": "The request id (from nginx when sane, else generated).",
-                    "schema": {"type": "string"},
-                },
-                "Retry-After": {
-                    "description": "Seconds to wait before trying again.",
-                    "schema": {"type": "integer"},
-                },
-            },
-            "securitySchemes": {
-                "bearer": {"type": "http", "scheme": "bearer"},
-                "apiKey": {"type": "apiKey", "in": "header", "name": "X-API-Key"},
-            },
-        },
+        "components": components(),
     }
 
 

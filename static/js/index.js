@@ -1,17 +1,22 @@
 // The drag-and-drop parsing page: take a photo (drop, paste, pick), check it, upload it, then
 // draw and explore the result in the browser. Nothing is stored: the result lives in this
-// module's variables and the canvas until it is cleared or the tab closes.
+// module's variables and the canvas until it is cleared or the tab closes. Its parts:
+// highlight.js (the legend and persons lists), zoom.js and pointer.js (exploring the picture),
+// exports.js (downloads and their names), page.js (shared helpers).
 
 import { openPhoto, pageSettings, ParseError, parseImage } from "./api.js";
 import { Compositor } from "./compositor.js";
+import { baseName, createExports } from "./exports.js";
+import { createHighlight } from "./highlight.js";
+import { $, announce, foundText, PHASE_TEXT, toast } from "./page.js";
+import { attachPointer } from "./pointer.js";
 import { ParseProgress } from "./progress.js";
 import { decodeResult, hexToRgb } from "./result.js";
+import { createZoom } from "./zoom.js";
 
-const $ = (id) => document.getElementById(id);
 const settings = pageSettings();
 const canvas = $("canvas");
 const compositor = new Compositor(canvas);
-const objectUrls = new Set();
 
 // The result on screen: {json, text, result, blob, name, ownSize, full}. `name` is the base of
 // download names, `ownSize` the photo's own {width, height} (EXIF orientation applied), `full`
@@ -21,70 +26,12 @@ let inFlight = null; // AbortController of the running request
 let lastFile = null; // kept for "Try again" after a 429/503, dropped on clear
 let lastName = ""; // its file name, for download names
 let retryTimer = 0;
-let hoverHighlight = null;
-let pinned = null; // {kind: "person" | "class", id}: singled out by a click or a tap
 
-// ---- small helpers -------------------------------------------------------------------------
-
-function announce(text) {
-  $("status").textContent = text;
-}
-
-let toastTimer = 0;
-function toast(text) {
-  const el = $("toast");
-  el.textContent = text;
-  el.hidden = false;
-  clearTimeout(toastTimer);
-  toastTimer = setTimeout(() => {
-    el.hidden = true;
-  }, 3000);
-}
-
-function el(tag, props = {}, children = []) {
-  const node = Object.assign(document.createElement(tag), props);
-  node.append(...children);
-  return node;
-}
-
-function plural(n, word) {
-  return `${n} ${word}${n === 1 ? "" : "s"}`;
-}
-
-function kindsOfPart(n) {
-  return n === 1 ? "1 kind of part" : `${n} kinds of part`;
-}
-
-function people(n) {
-  return n === 1 ? "1 person" : `${n} people`;
-}
-
-/** What a result holds, in words that agree with the overlay: parts can be painted where no
- * person was found with confidence, and then the page must not say that nothing was found. */
-function foundText(result) {
-  const persons = result.persons.length;
-  const parts = result.classes.filter((c) => c.id !== 0).length;
-  if (!parts) return "Nobody was found in this photo.";
-  if (!persons) return `Found ${kindsOfPart(parts)}, but no person the model is sure of.`;
-  return `Found ${people(persons)} and ${kindsOfPart(parts)}.`;
-}
-
-/** The base of download names: `beach.jpg` → "beach"; no name (a pasted image) → "photo". */
-function baseName(name) {
-  const stem = (name || "").replace(/\.[^.]*$/, "");
-  const safe = stem
-    .normalize("NFC")
-    .replace(/[^\p{L}\p{N}._-]+/gu, "-")
-    .replace(/^[-.]+|[-.]+$/g, "")
-    .slice(0, 80);
-  return safe || "photo";
-}
-
-function percent(fraction) {
-  const p = fraction * 100;
-  if (p > 0 && p < 0.1) return "<0.1%";
-  return `${p.toFixed(p < 10 ? 1 : 0)}%`;
-}
+const current = () => session;
+const highlight = createHighlight(compositor);
+const zoom = createZoom(canvas, current);
+const exporter = createExports({ compositor, settings, current, applyPalette });
+attachPointer({ canvas, compositor, current, zoom, highlight });
 
 // ---- page states ---------------------------------------------------------------------------
 
@@ -110,10 +57,6 @@ function setBusy(text, fraction = null) {
   else bar.value = Math.round(fraction * 100);
 }
 
-const PHASE_TEXT = {
-  queue: "Waiting for a turn…",
-  parse: "Finding people and parts…",
-};
 
 /** The progress card: what happens now, the place in the queue, time left, time elapsed. */
 function showProgress(facts) {
@@ -185,154 +128,6 @@ function fitCanvas() {
 new ResizeObserver(fitCanvas).observe($("stage"));
 
 // ---- the result ----------------------------------------------------------------------------
-
-function currentHighlight() {
-  return hoverHighlight || pinned;
-}
-
-function refreshHighlight() {
-  compositor.update({ highlight: currentHighlight() });
-}
-
-function renderLegend(result) {
-  const list = $("legend");
-  list.replaceChildren();
-  const parts = result.classes.filter((c) => c.id !== 0);
-  $("legend-count").textContent = parts.length ? `(${parts.length})` : "";
-  for (const c of parts) {
-    const box = el("input", { type: "checkbox", checked: true, className: "legend-check" });
-    box.dataset.id = c.id;
-    box.setAttribute("aria-label", `Show ${c.label}`);
-    const swatch = el("span", { className: "swatch" });
-    swatch.dataset.class = c.id;
-    swatch.style.setProperty("--swatch", c.color);
-    const share = percent(c.fraction ?? 0);
-    // The row's button singles the part out (pointer, keyboard and touch alike); the
-    // checkbox beside it shows or hides it.
-    const pickButton = el("button", { type: "button", className: "legend-pick" }, [
-      swatch,
-      el("span", { className: "legend-name", textContent: c.label }),
-      el("span", { className: "legend-pct", textContent: share }),
-    ]);
-    pickButton.dataset.id = c.id;
-    pickButton.setAttribute("aria-pressed", "false");
-    pickButton.setAttribute("aria-label", `${c.label}, ${share} of the picture. Highlight`);
-    const item = el("li", { className: "legend-item" }, [box, pickButton]);
-    item.dataset.id = c.id;
-    const enter = () => {
-      hoverHighlight = { kind: "class", id: c.id };
-      refreshHighlight();
-    };
-    const leave = () => {
-      hoverHighlight = null;
-      refreshHighlight();
-    };
-    item.addEventListener("pointerenter", (e) => {
-      if (e.pointerType === "mouse") enter();
-    });
-    item.addEventListener("pointerleave", leave);
-    for (const control of [box, pickButton]) {
-      control.addEventListener("focus", enter);
-      control.addEventListener("blur", leave);
-    }
-    pickButton.addEventListener("click", () => {
-      const same = pinned?.kind === "class" && pinned.id === c.id;
-      pin(same ? null : { kind: "class", id: c.id });
-    });
-    box.addEventListener("change", () => {
-      if (box.checked) compositor.hidden.delete(c.id);
-      else compositor.hidden.add(c.id);
-      item.classList.toggle("is-off", !box.checked);
-      compositor.update();
-    });
-    list.append(item);
-  }
-}
-
-function setAllClasses(show) {
-  for (const box of $("legend").querySelectorAll("input[type=checkbox]")) {
-    box.checked = show;
-    const id = Number(box.dataset.id);
-    if (show) compositor.hidden.delete(id);
-    else compositor.hidden.add(id);
-    box.closest("li").classList.toggle("is-off", !show);
-  }
-  compositor.update();
-}
-
-function renderPersons(result) {
-  const list = $("persons");
-  list.replaceChildren();
-  const names = new Map(result.classes.map((c) => [c.id, c]));
-  $("persons-count").textContent = result.persons.length ? `(${result.persons.length})` : "";
-  const empty = $("persons-empty");
-  empty.hidden = result.persons.length > 0;
-  empty.textContent = result.classes.some((c) => c.id !== 0)
-    ? "No person was found with confidence. The coloured parts stand on their own: " +
-      "they belong to no outlined person."
-    : "Nobody was found in this photo.";
-  for (const p of result.persons) {
-    const chips = el(
-      "span",
-      { className: "person-parts" },
-      p.parts.slice(0, 12).map((id) => {
-        const dot = el("span", { className: "dot", title: names.get(id)?.label || `class ${id}` });
-        dot.dataset.class = id;
-        dot.style.setProperty("--swatch", names.get(id)?.color || "#888");
-        return dot;
-      }),
-    );
-    const partNames = p.parts.map((id) => names.get(id)?.label || `class ${id}`).join(", ");
-    const button = el("button", { type: "button", className: "person" }, [
-      el("span", { className: "person-badge", textContent: String(p.id) }),
-      el("span", { className: "person-main" }, [
-        el("span", { className: "person-name", textContent: `Person ${p.id}` }),
-        el("span", {
-          className: "person-meta",
-          textContent: `${Math.round(p.score * 100)}% sure · ${plural(p.parts.length, "part")}`,
-        }),
-      ]),
-      chips,
-    ]);
-    button.dataset.id = p.id;
-    button.setAttribute("aria-pressed", "false");
-    button.setAttribute("aria-label", `Person ${p.id}: ${partNames || "no parts"}. Highlight`);
-    const enter = () => {
-      hoverHighlight = { kind: "person", id: p.id };
-      refreshHighlight();
-    };
-    const leave = () => {
-      hoverHighlight = null;
-      refreshHighlight();
-    };
-    button.addEventListener("pointerenter", (e) => {
-      if (e.pointerType === "mouse") enter();
-    });
-    button.addEventListener("pointerleave", leave);
-    button.addEventListener("focus", enter);
-    button.addEventListener("blur", leave);
-    button.addEventListener("click", () => {
-      const same = pinned?.kind === "person" && pinned.id === p.id;
-      pin(same ? null : { kind: "person", id: p.id });
-    });
-    list.append(el("li", {}, [button]));
-  }
-}
-
-/** Single out a person or a part until it is clicked (tapped) again, or Escape. */
-function pin(target) {
-  pinned = target;
-  for (const [listId, kind] of [
-    ["persons", "person"],
-    ["legend", "class"],
-  ]) {
-    for (const b of $(listId).querySelectorAll("button[data-id]")) {
-      const on = pinned?.kind === kind && pinned.id === Number(b.dataset.id);
-      b.setAttribute("aria-pressed", String(on));
-    }
-  }
-  refreshHighlight();
-}
 
 function describeCanvas(result) {
   canvas.setAttribute(
@@ -411,12 +206,12 @@ async function handleFile(file, { name = file.name } = {}) {
     showWorkspace(true);
     compositor.alpha = Number($("opacity").value) / 100;
     compositor.load(photo, applyPalette(result));
-    resetView();
+    zoom.reset();
     fitCanvas();
     session = { json, text, result, blob, name: baseName(name), ownSize, full: null };
-    renderLegend(result);
-    renderPersons(result);
-    renderExports(result);
+    highlight.renderLegend(result);
+    highlight.renderPersons(result);
+    exporter.render(result);
     describeCanvas(result);
     showTiming(json, result);
     setBusy(null);
@@ -462,8 +257,7 @@ function clearResult({ keepFile = false } = {}) {
   inFlight?.abort();
   inFlight = null;
   compositor.clear();
-  for (const url of objectUrls) URL.revokeObjectURL(url);
-  objectUrls.clear();
+  exporter.forget();
   if (session?.full) session.full.compositor.clear();
   session = null;
   if (!keepFile) {
@@ -471,8 +265,7 @@ function clearResult({ keepFile = false } = {}) {
     lastName = "";
   }
   $("save-status").textContent = "";
-  hoverHighlight = null;
-  pinned = null;
+  highlight.reset();
   $("legend").replaceChildren();
   $("persons").replaceChildren();
   $("export-list").replaceChildren();
@@ -491,34 +284,6 @@ function clearResult({ keepFile = false } = {}) {
   canvas.style.height = "";
   setBusy(null);
   showWorkspace(false);
-}
-
-function download(blob, filename) {
-  const url = URL.createObjectURL(blob);
-  objectUrls.add(url);
-  const link = el("a", { href: url, download: filename, hidden: true });
-  document.body.append(link);
-  link.click();
-  link.remove();
-  // The download has its own copy once it starts; the URL is not needed for long.
-  setTimeout(() => {
-    URL.revokeObjectURL(url);
-    objectUrls.delete(url);
-  }, 10_000);
-}
-
-async function copyOverlay() {
-  if (!session) return;
-  if (!navigator.clipboard?.write || typeof ClipboardItem === "undefined") {
-    toast("This browser can't copy images: use “Overlay PNG”.");
-    return;
-  }
-  try {
-    await navigator.clipboard.write([new ClipboardItem({ "image/png": compositor.exportPng() })]);
-    toast("Overlay copied to the clipboard");
-  } catch {
-    toast("Copying was refused by the browser: use “Overlay PNG”.");
-  }
 }
 
 // ---- wiring --------------------------------------------------------------------------------
@@ -568,351 +333,8 @@ $("compare").addEventListener("click", (e) => {
 $("split").addEventListener("input", (e) => {
   compositor.update({ split: Number(e.target.value) / 100 });
 });
-$("show-all").addEventListener("click", () => setAllClasses(true));
-$("show-none").addEventListener("click", () => setAllClasses(false));
-// ---- exports -------------------------------------------------------------------------------
-// Drawn in the browser from the result on screen (its working size); with "The photo's own
-// size" ticked, from a second parse of the same photo at its own size (`size=original`), made
-// once on demand and forgotten with the result. Names come from the photo's name.
-
-function renderExports(result) {
-  const { width, height } = session.ownSize;
-  const larger = width !== result.width || height !== result.height;
-  $("full-size-row").hidden = !larger;
-  $("full-size-label").textContent = `${width} × ${height} px`;
-  $("work-size-label").textContent = `${result.width} × ${result.height} px`;
-  const list = $("export-list");
-  list.replaceChildren();
-  if (!result.persons.length) {
-    list.append(el("li", { className: "panel-hint", textContent: "No person was found." }));
-  }
-  for (const p of result.persons) {
-    const button = (kind, text) => {
-      const b = el("button", { type: "button", className: "btn btn-small btn-secondary" }, [text]);
-      b.dataset.person = p.id;
-      b.dataset.kind = kind;
-      b.setAttribute("aria-label", `Person ${p.id}: ${text.toLowerCase()} PNG`);
-      return b;
-    };
-    list.append(
-      el("li", { className: "export-row" }, [
-        el("span", { textContent: `Person ${p.id}` }),
-        button("mask", "Mask"),
-        button("cutout", "Cutout"),
-      ]),
-    );
-  }
-}
-
-/** The result to export from: the one on screen, or the same at the photo's own size. */
-async function exportSource() {
-  const current = session;
-  if (!$("full-size").checked || $("full-size-row").hidden) {
-    return { compositor, json: current.json, text: current.text, result: current.result };
-  }
-  if (!current.full) {
-    const status = $("save-status");
-    const progress = new ParseProgress((facts) => {
-      if (session !== current) return;
-      const lines = [PHASE_TEXT[facts.phase] || "Sending the photo again…", facts.placeText];
-      status.textContent = [...lines, facts.leftText, facts.elapsedText]
-        .filter(Boolean)
-        .join(" · ");
-    });
-    announce("Parsing the photo again at its own size.");
-    let answer;
-    try {
-      answer = await parseImage(current.blob, {
-        params: { instances: "true", mask_format: "rle", size: "original" },
-        maxBytes: settings.maxBytes,
-        onProgress: (phase, fraction) => {
-          if (phase === "upload") progress.upload(fraction);
-          else progress.uploaded();
-        },
-      });
-    } finally {
-      progress.stop();
-      if (session === current) status.textContent = "";
-    }
-    const { json, text } = answer;
-    const result = applyPalette(await decodeResult(json));
-    const photo = await createImageBitmap(current.blob, { imageOrientation: "from-image" });
-    const full = new Compositor(new OffscreenCanvas(1, 1));
-    try {
-      full.load(photo, result);
-    } finally {
-      photo.close();
-    }
-    if (session !== current) {
-      full.clear(); // cleared while it was being made
-      return null;
-    }
-    current.full = { compositor: full, json, text, result };
-  }
-  const { compositor: full } = current.full;
-  full.alpha = compositor.alpha;
-  full.hidden = new Set(compositor.hidden);
-  return current.full;
-}
-
-/** Run `make(source)` for a Blob and download it as `<photo>-<suffix>`. */
-async function save(suffix, make) {
-  if (!session) return;
-  const name = `${session.name}-${suffix}`;
-  let blob;
-  try {
-    const source = await exportSource();
-    if (!source) return;
-    blob = await make(source);
-  } catch (error) {
-    const why = error instanceof ParseError ? error.detail || error.title : String(error);
-    toast(`The full-size file couldn't be made. ${why}`);
-    return;
-  }
-  if (blob) download(blob, name);
-}
-
-function chosenParts() {
-  return session.result.classes
-    .map((c) => c.id)
-    .filter((id) => id !== 0 && !compositor.hidden.has(id));
-}
-
-$("download-overlay").addEventListener("click", () =>
-  save("overlay.png", (s) => s.compositor.exportPng()),
-);
-$("download-cutout").addEventListener("click", () => {
-  if (!session) return;
-  const parts = chosenParts();
-  if (!parts.length) {
-    toast("Tick at least one part for the cutout.");
-    return;
-  }
-  save("cutout.png", (s) => s.compositor.exportCutout(parts));
-});
-$("download-labels").addEventListener("click", () =>
-  save("labels.png", (s) => new Blob([s.result.labelPng], { type: "image/png" })),
-);
-$("download-json").addEventListener("click", () =>
-  save("parsing.json", (s) => new Blob([s.text], { type: "application/json" })),
-);
-$("export-list").addEventListener("click", (e) => {
-  const button = e.target.closest("button[data-person]");
-  if (!button || !session) return;
-  const id = Number(button.dataset.person);
-  const kind = button.dataset.kind;
-  save(`person-${id}-${kind}.png`, (s) =>
-    kind === "mask" ? s.compositor.exportPersonMask(id) : s.compositor.exportPersonCutout(id),
-  );
-});
-$("copy-overlay").addEventListener("click", copyOverlay);
-
-// ---- zoom and pan --------------------------------------------------------------------------
-// The canvas keeps its fitted size; a CSS transform (origin top left) zooms and pans it inside
-// its frame, which clips it. Wheel, pinch, the toolbar's buttons and keys (+ − arrows 0) drive
-// it; `canvasPoint` reads the transformed box, so picking stays right at every zoom.
-
-const ZOOM_MAX = 8;
-const view = { scale: 1, x: 0, y: 0 };
-
-function clampView() {
-  const width = canvas.clientWidth;
-  const height = canvas.clientHeight;
-  view.scale = Math.min(ZOOM_MAX, Math.max(1, view.scale));
-  view.x = Math.min(0, Math.max(width - width * view.scale, view.x));
-  view.y = Math.min(0, Math.max(height - height * view.scale, view.y));
-}
-
-function applyView() {
-  clampView();
-  const zoomed = view.scale > 1;
-  canvas.style.transform = zoomed
-    ? `translate(${view.x}px, ${view.y}px) scale(${view.scale})`
-    : "";
-  $("stage").classList.toggle("is-zoomed", zoomed);
-  $("zoom-value").textContent = `${Math.round(view.scale * 100)}%`;
-  $("zoom-out").disabled = !zoomed;
-  $("zoom-reset").disabled = !zoomed;
-  $("zoom-in").disabled = view.scale >= ZOOM_MAX;
-}
-
-/** Zoom by `factor` keeping the point (fx, fy), in the frame's CSS pixels, where it is. */
-function zoomAt(factor, fx = canvas.clientWidth / 2, fy = canvas.clientHeight / 2) {
-  if (!session) return;
-  const next = Math.min(ZOOM_MAX, Math.max(1, view.scale * factor));
-  view.x = fx - ((fx - view.x) * next) / view.scale;
-  view.y = fy - ((fy - view.y) * next) / view.scale;
-  view.scale = next;
-  applyView();
-}
-
-function panBy(dx, dy) {
-  view.x += dx;
-  view.y += dy;
-  applyView();
-}
-
-function resetView() {
-  view.scale = 1;
-  view.x = 0;
-  view.y = 0;
-  applyView();
-}
-
-function framePoint(clientX, clientY) {
-  const rect = $("stage-frame").getBoundingClientRect();
-  return [clientX - rect.left, clientY - rect.top];
-}
-
-$("zoom-in").addEventListener("click", () => zoomAt(1.5));
-$("zoom-out").addEventListener("click", () => zoomAt(1 / 1.5));
-$("zoom-reset").addEventListener("click", resetView);
-$("stage").addEventListener(
-  "wheel",
-  (e) => {
-    if (!session) return;
-    e.preventDefault();
-    const unit = e.deltaMode === 1 ? 16 : e.deltaMode === 2 ? 400 : 1;
-    zoomAt(Math.exp((-e.deltaY * unit) / 500), ...framePoint(e.clientX, e.clientY));
-  },
-  { passive: false },
-);
-$("stage").addEventListener("keydown", (e) => {
-  if (!session || e.target !== e.currentTarget || e.ctrlKey || e.metaKey || e.altKey) return;
-  const step = canvas.clientWidth * 0.1;
-  const actions = {
-    "+": () => zoomAt(1.5),
-    "=": () => zoomAt(1.5),
-    "-": () => zoomAt(1 / 1.5),
-    _: () => zoomAt(1 / 1.5),
-    0: resetView,
-    ArrowLeft: () => panBy(step, 0),
-    ArrowRight: () => panBy(-step, 0),
-    ArrowUp: () => panBy(0, step),
-    ArrowDown: () => panBy(0, -step),
-  };
-  const action = actions[e.key];
-  if (!action) return;
-  e.preventDefault();
-  action();
-});
-
-// ---- pointing, tapping, dragging ----------------------------------------------------------
-// Pointing at the picture names what is under the pointer. A click or a tap singles out the
-// part under it (again: let go). One finger or the mouse drags the compare divider, or pans
-// when zoomed in; two fingers pinch to zoom.
-
-function canvasPoint(event) {
-  const rect = canvas.getBoundingClientRect();
-  return {
-    x: Math.floor(((event.clientX - rect.left) / rect.width) * canvas.width),
-    y: Math.floor(((event.clientY - rect.top) / rect.height) * canvas.height),
-    fx: (event.clientX - rect.left) / rect.width,
-  };
-}
-
-function showTip(hit, clientX, clientY) {
-  const tip = $("tooltip");
-  for (const item of $("legend").querySelectorAll(".is-hot")) item.classList.remove("is-hot");
-  if (!hit || hit.classId === 0) {
-    tip.hidden = true;
-    return;
-  }
-  const cls = session.result.classes.find((c) => c.id === hit.classId);
-  const where = hit.personId ? ` · person ${hit.personId}` : "";
-  tip.textContent = (cls?.label || `class ${hit.classId}`) + where;
-  tip.hidden = false;
-  const stage = $("stage").getBoundingClientRect();
-  tip.style.setProperty("--x", `${clientX - stage.left}px`);
-  tip.style.setProperty("--y", `${clientY - stage.top}px`);
-  $("legend").querySelector(`li[data-id="${hit.classId}"]`)?.classList.add("is-hot");
-}
-
-function moveSplit(event) {
-  const { fx } = canvasPoint(event);
-  $("split").value = Math.round(Math.min(1, Math.max(0, fx)) * 100);
-  compositor.update({ split: Number($("split").value) / 100 });
-}
-
-const pointers = new Map(); // pointerId → {x, y} while down
-let gesture = null; // {mode: "tap" | "split" | "pan" | "pinch", ...}
-
-function pinchState() {
-  const [a, b] = [...pointers.values()];
-  return {
-    distance: Math.hypot(a.x - b.x, a.y - b.y) || 1,
-    mid: framePoint((a.x + b.x) / 2, (a.y + b.y) / 2),
-  };
-}
-
-canvas.addEventListener("pointerdown", (e) => {
-  if (!session) return;
-  canvas.setPointerCapture(e.pointerId);
-  pointers.set(e.pointerId, { x: e.clientX, y: e.clientY });
-  if (pointers.size === 2) {
-    gesture = { mode: "pinch", ...pinchState() };
-    return;
-  }
-  if (pointers.size > 2) return;
-  gesture = { mode: "tap", x: e.clientX, y: e.clientY };
-  if (compositor.split !== null) {
-    gesture.mode = "split";
-    moveSplit(e);
-  }
-});
-
-canvas.addEventListener("pointermove", (e) => {
-  if (!session) return;
-  const known = pointers.get(e.pointerId);
-  if (!known) {
-    if (e.pointerType === "mouse") showTip(compositor.pick(...xy(e)), e.clientX, e.clientY);
-    return;
-  }
-  const dx = e.clientX - known.x;
-  const dy = e.clientY - known.y;
-  known.x = e.clientX;
-  known.y = e.clientY;
-  if (gesture?.mode === "pinch" && pointers.size === 2) {
-    const now = pinchState();
-    zoomAt(now.distance / gesture.distance, ...now.mid);
-    panBy(now.mid[0] - gesture.mid[0], now.mid[1] - gesture.mid[1]);
-    Object.assign(gesture, now);
-    return;
-  }
-  if (gesture?.mode === "split") {
-    moveSplit(e);
-    return;
-  }
-  if (gesture?.mode === "tap" && Math.hypot(e.clientX - gesture.x, e.clientY - gesture.y) > 6) {
-    gesture.mode = view.scale > 1 ? "pan" : "none";
-  }
-  if (gesture?.mode === "pan") panBy(dx, dy);
-});
-
-function xy(event) {
-  const { x, y } = canvasPoint(event);
-  return [x, y];
-}
-
-function pointerEnd(e) {
-  if (!pointers.delete(e.pointerId)) return;
-  if (gesture?.mode === "tap" && e.type === "pointerup") {
-    const hit = compositor.pick(...xy(e));
-    const id = hit?.classId || 0;
-    const same = pinned?.kind === "class" && pinned.id === id;
-    pin(id === 0 || same ? null : { kind: "class", id });
-    showTip(id === 0 || same ? null : hit, e.clientX, e.clientY);
-  }
-  if (pointers.size === 0) gesture = null;
-  else if (gesture?.mode === "pinch") gesture = { mode: "none" };
-}
-canvas.addEventListener("pointerup", pointerEnd);
-canvas.addEventListener("pointercancel", pointerEnd);
-canvas.addEventListener("pointerleave", (e) => {
-  if (e.pointerType !== "mouse" || pointers.size) return;
-  $("tooltip").hidden = true;
-  for (const item of $("legend").querySelectorAll(".is-hot")) item.classList.remove("is-hot");
-});
+$("show-all").addEventListener("click", () => highlight.setAllClasses(true));
+$("show-none").addEventListener("click", () => highlight.setAllClasses(false));
 
 // ---- palette -------------------------------------------------------------------------------
 // The server sends the CIHP colours; the page can repaint with any palette it was given
@@ -987,13 +409,13 @@ document.addEventListener("paste", (e) => {
 
 document.addEventListener("keydown", (e) => {
   if (e.key === "Escape") {
-    if (pinned !== null) pin(null);
+    if (highlight.pinned !== null) highlight.pin(null);
     else if (inFlight) inFlight.abort();
   }
   const copying = (e.ctrlKey || e.metaKey) && e.key.toLowerCase() === "c";
   if (copying && session && !window.getSelection()?.toString() && !e.target.closest?.("input")) {
     e.preventDefault();
-    copyOverlay();
+    exporter.copyOverlay();
   }
 });
 
