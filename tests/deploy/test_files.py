@@ -22,9 +22,10 @@ import yaml
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec
 
+from settings import Settings
 from tests.support.edge import echo_upstream, make_dev_cert, tls_context
 from tests.support.paths import REPO
-from tests.support.servers import free_port, wait_for_port
+from tests.support.servers import free_port, gunicorn_setting, wait_for_port
 
 pytestmark = pytest.mark.deploy
 DEV_CERT = REPO / "scripts" / "dev-cert"
@@ -313,3 +314,20 @@ def test_edge_entrypoint_runs_nginx_as_non_root_and_fails_closed(tmp_path):
         assert oct((run_dir / "temp" / "client_body").stat().st_mode & 0o777) == "0o500"
     finally:
         shutil.rmtree(work)
+
+
+def test_compose_lets_the_edge_and_the_app_stop_gracefully():
+    """Docker's default stop (TERM, KILL after 10 s) would cut parses in progress: the app
+    gets gunicorn's whole graceful_timeout, nginx a graceful QUIT and its read timeout."""
+    compose = yaml.safe_load((REPO / "docker-compose.yml").read_text())
+    services = compose["services"]
+
+    def seconds(value: str) -> int:
+        assert value.endswith("s"), value
+        return int(value[:-1])
+
+    graceful = gunicorn_setting("graceful_timeout", {})
+    assert seconds(services["app"]["stop_grace_period"]) >= graceful
+    assert services["edge"]["stop_signal"] == "SIGQUIT"
+    read_timeout = Settings.from_env({}).time_limits.proxy_read_timeout_s
+    assert seconds(services["edge"]["stop_grace_period"]) >= read_timeout
