@@ -114,7 +114,9 @@ def init_app(
         response.headers["X-RateLimit-Remaining"] = str(remaining)
         response.headers["X-RateLimit-Reset"] = str(reset_at)
         if limit.breached:
-            response.headers["Retry-After"] = str(max(1, reset_at - int(time.time())))
+            # as flask-limiter said it: whole seconds to the window's end, rounded down
+            # (reset_at is already rounded up), so never above the window
+            response.headers["Retry-After"] = str(max(1, int(reset_at - time.time())))
         return response
 
     limit = limiter.limit(lambda: _identity().limit, methods=["POST"])

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import re
 
-from tests.deploy.test_files import compose
+from tests.support.compose import compose
 from tests.support.paths import REPO
 
 

@@ -23,6 +23,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from settings import Settings
+from tests.support.compose import compose
 from tests.support.edge import echo_upstream, make_dev_cert, tls_context
 from tests.support.paths import REPO
 from tests.support.servers import free_port, gunicorn_setting, wait_for_port
@@ -196,18 +197,6 @@ def test_edge_image_files_render_the_config_with_the_standard_library_only(tmp_p
     text = out.read_text()
     assert f"client_max_body_size {json_body_allowance(2 * 1024 * 1024)};" in text
     assert ERROR_CODES["bad_gateway"].message in text
-
-
-def compose() -> dict:
-    class Loader(yaml.SafeLoader):
-        pass
-
-    Loader.add_constructor("!reset", lambda loader, node: None)
-    with open(REPO / "docker-compose.yml") as f:
-        base = yaml.load(f, Loader)
-    with open(REPO / "docker-compose.cpu.yml") as f:
-        cpu = yaml.load(f, Loader)
-    return {"base": base, "cpu": cpu}
 
 
 def test_compose_runs_nginx_app_and_redis_read_only():

@@ -7,7 +7,6 @@ from __future__ import annotations
 import pytest
 from playwright.sync_api import sync_playwright
 
-from tests.pages.test_kiosk import take_photo
 from tests.support.axe import assert_accessible
 from tests.support.images import photo
 from tests.support.pages import (
@@ -20,6 +19,7 @@ from tests.support.pages import (
     open_page,
     serve,
     shoot,
+    take_photo,
     wait_until,
 )
 

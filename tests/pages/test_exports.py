@@ -13,7 +13,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.pages.test_index import is_parse, pick, rle_mask, settle
 from tests.support.axe import assert_accessible
 from tests.support.images import decode_array, photo
 from tests.support.pages import (
@@ -22,9 +21,13 @@ from tests.support.pages import (
     assert_clean,
     browser_context,
     drop_file,
+    is_parse,
     make_app,
     open_page,
+    pick,
+    rle_mask,
     serve,
+    settle,
     shoot,
     wait_until,
 )

@@ -5,13 +5,11 @@ from __future__ import annotations
 import base64
 import io
 import json
-import warnings
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
-from pycocotools import mask as coco_mask
 
 from tests.support.images import decode_array, gif, photo
 from tests.support.pages import (
@@ -24,10 +22,15 @@ from tests.support.pages import (
     canvas_pixels,
     decode_label_map,
     drop_file,
+    is_parse,
     leftovers,
     make_app,
     open_page,
+    parse_by_picking,
+    pick,
+    rle_mask,
     serve,
+    settle,
     shoot,
     storage_state,
     wait_until,
@@ -45,42 +48,8 @@ def context(browser):
     ctx.close()
 
 
-def is_parse(response) -> bool:
-    return "/api/v1/parse" in response.url
-
-
-def settle(page) -> None:
-    """Wait for the result (or an error) to be on screen and drawn."""
-    wait_until(
-        page,
-        """() => document.querySelector("#busy").hidden &&
-                 (!document.querySelector("#workspace").hidden ||
-                  !document.querySelector("#error").hidden)""",
-    )
-    page.evaluate("() => new Promise((r) => requestAnimationFrame(() => r()))")
-
-
-def pick(page, data: bytes, name: str = "photo.png", mime: str = "image/png") -> None:
-    page.set_input_files("#file-input", files=[{"name": name, "mimeType": mime, "buffer": data}])
-
-
-def parse_by_picking(page, data: bytes | None = None) -> dict:
-    with page.expect_response(is_parse) as answer:
-        pick(page, data or photo())
-    assert answer.value.status == 200
-    result = answer.value.json()
-    settle(page)
-    return result
-
-
 def photo_pixels(data: bytes) -> np.ndarray:
     return decode_array(data)[..., :3].astype(np.float64)
-
-
-def rle_mask(mask: dict) -> np.ndarray:
-    with warnings.catch_warnings():  # pycocotools' numpy-2 copy= deprecation, not ours
-        warnings.simplefilter("ignore", DeprecationWarning)
-        return coco_mask.decode({"size": mask["size"], "counts": mask["counts"].encode()}) > 0
 
 
 def palette_of(answer: dict) -> dict[int, np.ndarray]:

@@ -11,7 +11,6 @@ import numpy as np
 import pytest
 
 from m2fp.labels import PALETTES_HEX
-from tests.pages.test_index import is_parse, parse_by_picking, pick, settle
 from tests.support.axe import assert_accessible
 from tests.support.images import photo
 from tests.support.pages import (
@@ -21,7 +20,12 @@ from tests.support.pages import (
     browser_context,
     canvas_pixels,
     decode_label_map,
+    is_parse,
+    legend_ids,
     open_page,
+    parse_by_picking,
+    pick,
+    settle,
     shoot,
     wait_until,
 )
@@ -30,10 +34,6 @@ pytestmark = pytest.mark.browser
 
 TOUCH_PHONE = {"viewport": PHONE, "device_scale_factor": 2, "is_mobile": True, "has_touch": True}
 FRAME = "() => new Promise((r) => requestAnimationFrame(() => r()))"
-
-
-def legend_ids(page) -> list[int]:
-    return page.eval_on_selector_all("#legend li", "(items) => items.map((li) => li.dataset.id)")
 
 
 def test_a_failed_upload_keeps_the_previous_result(server, browser):

@@ -13,14 +13,18 @@ from tests.support.pages import (
     FileChoosers,
     assert_clean,
     browser_context,
+    camera_live,
     canvas_pixels,
     launch,
     leftovers,
     make_app,
     open_page,
+    screen,
     serve,
     shoot,
     storage_state,
+    take_photo,
+    wait_screen,
     wait_until,
 )
 
@@ -42,33 +46,6 @@ def browser(playwright):
     chromium = launch(playwright, camera=True)
     yield chromium
     chromium.close()
-
-
-def screen(page) -> str:
-    return page.evaluate("() => document.querySelector('#kiosk').dataset.state")
-
-
-def wait_screen(page, name: str, timeout: float = 20.0) -> None:
-    wait_until(page, f"() => document.querySelector('#kiosk').dataset.state === '{name}'", timeout)
-
-
-def camera_live(page) -> bool:
-    return page.evaluate(
-        """() => { const v = document.querySelector("#video");
-                   return v.srcObject !== null && v.videoWidth > 0 && !v.paused; }"""
-    )
-
-
-def take_photo(page) -> None:
-    page.click("#start")
-    wait_screen(page, "camera")
-    wait_until(page, "() => document.querySelector('#video').videoWidth > 0")
-    assert camera_live(page)
-    page.click("#shutter")
-    wait_until(page, "() => !document.querySelector('#countdown').hidden")
-    assert page.text_content("#countdown") in ("3", "2")
-    wait_screen(page, "result")
-    page.evaluate("() => new Promise((r) => requestAnimationFrame(() => r()))")
 
 
 @pytest.mark.parametrize(

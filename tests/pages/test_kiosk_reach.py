@@ -11,7 +11,7 @@ import re
 import numpy as np
 import pytest
 
-from tests.pages.test_kiosk import browser, wait_screen  # noqa: F401
+from tests.pages.test_kiosk import browser  # noqa: F401  (the fake camera's browser fixture)
 from tests.support.pages import (
     assert_clean,
     browser_context,
@@ -20,6 +20,7 @@ from tests.support.pages import (
     open_page,
     serve,
     shoot,
+    wait_screen,
     wait_until,
 )
 from web.pages import PARSE_TIMEOUT_SECONDS

@@ -22,9 +22,6 @@ import pytest
 
 from app import create_app
 from m2fp.engine import InferenceEngine
-from tests.pages.test_index import pick, settle
-from tests.pages.test_index_flows import legend_ids
-from tests.pages.test_kiosk import wait_screen
 from tests.support.axe import assert_accessible
 from tests.support.images import photo
 from tests.support.pages import (
@@ -35,9 +32,13 @@ from tests.support.pages import (
     browser_context,
     canvas_pixels,
     launch,
+    legend_ids,
     open_page,
+    pick,
     serve,
+    settle,
     shoot,
+    wait_screen,
     wait_until,
 )
 from web.pages import PARSE_TIMEOUT_SECONDS

@@ -12,9 +12,9 @@ import pytest
 from limits.storage import storage_from_string
 
 from security.abuse import BanList, client_bucket, presented_key
-from security.api_keys import hash_key, new_key
 from security.errors import BadRequest
 from tests.support import images
+from tests.support.api import write_keys
 from tests.support.servers import Gunicorn, RedisServer
 
 PARSE = "/api/v1/parse"
@@ -36,19 +36,6 @@ def parse(client, data: bytes | None = None, mime: str = "image/png", **kwargs):
         content_type=mime,
         **kwargs,
     )
-
-
-def write_keys(path, limits: dict[str, str | None]) -> dict[str, str]:
-    """A keys file (security.api_keys format) with one key per id; returns id → key."""
-    keys, entries = {}, []
-    for key_id, limit in limits.items():
-        keys[key_id] = new_key()
-        entry = {"id": key_id, "sha256": hash_key(keys[key_id])}
-        if limit:
-            entry["limit"] = limit
-        entries.append(entry)
-    path.write_text(json.dumps({"keys": entries}))
-    return keys
 
 
 def test_default_limit_is_five_parses_per_minute(make_app):

@@ -12,8 +12,8 @@ import secrets
 import pytest
 
 from security.audit import client_label
-from tests.security.test_abuse import write_keys
 from tests.support import images
+from tests.support.api import write_keys
 
 PARSE = "/api/v1/parse"
 FIELDS = {

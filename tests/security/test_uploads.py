@@ -29,8 +29,9 @@ from security.uploads import (
     load_upload,
     sniff_mime,
 )
-from tests.security.test_uploads_trailers import spy_on_the_decoder
+from settings import Settings
 from tests.support import images as samples
+from tests.support.images import spy_on_the_decoder
 from tests.support.paths import REPO
 
 MIMES = list(ALLOWED_MIMES)
@@ -466,7 +467,8 @@ def test_importing_security_caps_opencv_before_any_cv2_import():
         [sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True
     )
     assert done.returncode == 0, done.stderr
-    assert done.stdout.split() == ["40000000", "65535", "65535"]
+    # the service's own default pixel cap (M2FP_MAX_PIXELS)
+    assert done.stdout.split() == [str(Settings().max_pixels), "65535", "65535"]
     env["OPENCV_IO_MAX_IMAGE_PIXELS"] = "1000"  # an operator's own value wins
     done = subprocess.run(
         [sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True

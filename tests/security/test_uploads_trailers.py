@@ -14,6 +14,7 @@ from security.errors import UnprocessableImage, UnsupportedMediaType
 from security.uploads import UploadPolicy, check_upload, decode_image, load_upload
 from settings import Settings
 from tests.support import images as samples
+from tests.support.images import spy_on_the_decoder
 
 QUADRANTS = [samples.RED, samples.GREEN, samples.BLUE, samples.WHITE]
 STRICT = UploadPolicy(allow_trailing_data=False)
@@ -39,22 +40,6 @@ def _phone_files() -> dict[str, tuple[bytes, int]]:
 
 
 PHONE_FILES = _phone_files()
-
-
-def spy_on_the_decoder(monkeypatch: pytest.MonkeyPatch) -> list[bytes]:
-    """A list that gets the bytes every `Image.open` is handed from now on to the end of the
-    test (the real decoder still runs)."""
-    seen: list[bytes] = []
-    real_open = Image.open
-
-    def spy(fp, *args, **kwargs):
-        seen.append(fp.getvalue() if isinstance(fp, io.BytesIO) else bytes(fp.read()))
-        if not isinstance(fp, io.BytesIO):
-            fp.seek(0)
-        return real_open(fp, *args, **kwargs)
-
-    monkeypatch.setattr(Image, "open", spy)
-    return seen
 
 
 @pytest.fixture

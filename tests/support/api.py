@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import io
+import json
 
+from security.api_keys import hash_key, new_key
 from tests.support import images
 
 PARSE = "/api/v1/parse"
@@ -33,3 +35,16 @@ def assert_error(response, status: int, code: str | None = None) -> dict:
 
 def parse(client):
     return client.post(PARSE + "?output=json", data=images.png(), content_type="image/png")
+
+
+def write_keys(path, limits: dict[str, str | None]) -> dict[str, str]:
+    """A keys file (security.api_keys format) with one key per id; returns id → key."""
+    keys, entries = {}, []
+    for key_id, limit in limits.items():
+        keys[key_id] = new_key()
+        entry = {"id": key_id, "sha256": hash_key(keys[key_id])}
+        if limit:
+            entry["limit"] = limit
+        entries.append(entry)
+    path.write_text(json.dumps({"keys": entries}))
+    return keys

@@ -25,6 +25,7 @@ import zipfile
 import zlib
 
 import numpy as np
+import pytest
 from PIL import Image, ImageDraw, PngImagePlugin
 
 FORMATS = {"image/jpeg": "JPEG", "image/png": "PNG", "image/webp": "WEBP"}
@@ -424,3 +425,19 @@ def ultra_hdr(width: int = 64, height: int = 48) -> bytes:
     mp_header = app0_end + 8
     app2 = _mpf_app2([(0x030000, size, 0), (0, len(gain_map), size - mp_header)])
     return primary[:app0_end] + app2 + primary[app0_end:] + gain_map
+
+
+def spy_on_the_decoder(monkeypatch: pytest.MonkeyPatch) -> list[bytes]:
+    """A list that gets the bytes every `Image.open` is handed from now on to the end of the
+    test (the real decoder still runs)."""
+    seen: list[bytes] = []
+    real_open = Image.open
+
+    def spy(fp, *args, **kwargs):
+        seen.append(fp.getvalue() if isinstance(fp, io.BytesIO) else bytes(fp.read()))
+        if not isinstance(fp, io.BytesIO):
+            fp.seek(0)
+        return real_open(fp, *args, **kwargs)
+
+    monkeypatch.setattr(Image, "open", spy)
+    return seen

@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 import json
 import time
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -19,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pycocotools.mask as coco_mask
 from werkzeug.serving import make_server
 
 from tests.support import images
@@ -311,3 +313,68 @@ def decode_label_map(answer: dict) -> np.ndarray:
 
 def parse_json(text: str) -> dict:
     return json.loads(text)
+
+
+def is_parse(response) -> bool:
+    return "/api/v1/parse" in response.url
+
+
+def settle(page) -> None:
+    """Wait for the result (or an error) to be on screen and drawn."""
+    wait_until(
+        page,
+        """() => document.querySelector("#busy").hidden &&
+                 (!document.querySelector("#workspace").hidden ||
+                  !document.querySelector("#error").hidden)""",
+    )
+    page.evaluate("() => new Promise((r) => requestAnimationFrame(() => r()))")
+
+
+def pick(page, data: bytes, name: str = "photo.png", mime: str = "image/png") -> None:
+    page.set_input_files("#file-input", files=[{"name": name, "mimeType": mime, "buffer": data}])
+
+
+def parse_by_picking(page, data: bytes | None = None) -> dict:
+    with page.expect_response(is_parse) as answer:
+        pick(page, data or images.photo())
+    assert answer.value.status == 200
+    result = answer.value.json()
+    settle(page)
+    return result
+
+
+def rle_mask(mask: dict) -> np.ndarray:
+    with warnings.catch_warnings():  # pycocotools' numpy-2 copy= deprecation, not ours
+        warnings.simplefilter("ignore", DeprecationWarning)
+        return coco_mask.decode({"size": mask["size"], "counts": mask["counts"].encode()}) > 0
+
+
+def wait_screen(page, name: str, timeout: float = 20.0) -> None:
+    wait_until(page, f"() => document.querySelector('#kiosk').dataset.state === '{name}'", timeout)
+
+
+def take_photo(page) -> None:
+    page.click("#start")
+    wait_screen(page, "camera")
+    wait_until(page, "() => document.querySelector('#video').videoWidth > 0")
+    assert camera_live(page)
+    page.click("#shutter")
+    wait_until(page, "() => !document.querySelector('#countdown').hidden")
+    assert page.text_content("#countdown") in ("3", "2")
+    wait_screen(page, "result")
+    page.evaluate("() => new Promise((r) => requestAnimationFrame(() => r()))")
+
+
+def legend_ids(page) -> list[int]:
+    return page.eval_on_selector_all("#legend li", "(items) => items.map((li) => li.dataset.id)")
+
+
+def screen(page) -> str:
+    return page.evaluate("() => document.querySelector('#kiosk').dataset.state")
+
+
+def camera_live(page) -> bool:
+    return page.evaluate(
+        """() => { const v = document.querySelector("#video");
+                   return v.srcObject !== null && v.videoWidth > 0 && !v.paused; }"""
+    )
