@@ -42,7 +42,9 @@ class DrainState:
 
     @property
     def draining(self) -> bool:
-        return self.started is not None
+        """Stopping, and saying so for a drain period (with none, M2FP_DRAIN_SECONDS=0, the
+        worker just stops accepting: there is no period in which to say it)."""
+        return self.started is not None and self.seconds > 0
 
     def start(self) -> bool:
         """Begin draining; False when it already had."""
