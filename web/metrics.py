@@ -65,6 +65,7 @@ class ServiceMetrics:
             # gunicorn that would be whichever worker answered, so only without it.
             ProcessCollector(registry=r)
         self._gauges: list[tuple[Gauge, Callable[[], float]]] = []
+        self._accepting = False  # taking connections (workers_ready counts only those)
         self._refresher: threading.Thread | None = None
         self.requests = Counter(
             "m2fp_http_requests",
@@ -181,7 +182,8 @@ class ServiceMetrics:
             (self.queue_depth, queue_depth),
             (self.model_ready, model_ready),
             (self.memory_ratio, memory_ratio),
-            (self.workers_ready, worker_ready),
+            # a worker not yet taking connections answers no /readyz on the port: not ready
+            (self.workers_ready, lambda: worker_ready() if self._accepting else 0.0),
         ]
         if not self.multiprocess:
             self.accepting()
@@ -192,6 +194,7 @@ class ServiceMetrics:
             self._refresher.start()
 
     def accepting(self) -> None:
+        self._accepting = True
         self.workers.set(1)
 
     def instance_value(self, name: str) -> float:
