@@ -65,3 +65,20 @@ def app(make_app: Callable[..., Flask]) -> Flask:
 @pytest.fixture
 def client(app: Flask) -> Any:
     return app.test_client()
+
+
+@pytest.fixture(scope="module")
+def tls(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    """A development CA and server certificate for 127.0.0.1/localhost (scripts/dev-cert)."""
+    from tests.support.edge import make_dev_cert
+
+    return make_dev_cert(tmp_path_factory.mktemp("tls"))
+
+
+@pytest.fixture(scope="module")
+def upstream() -> Iterator[Any]:
+    """A small real HTTP server on 127.0.0.1 that answers with what nginx forwarded to it."""
+    from tests.support.edge import echo_upstream
+
+    with echo_upstream() as server:
+        yield server

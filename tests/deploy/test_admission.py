@@ -22,7 +22,7 @@ from http_contract import time_limits
 from nginx.render import NginxOptions, render
 from settings import Settings
 from tests.support import images
-from tests.support.edge import make_dev_cert, post, start_nginx, tls_context
+from tests.support.edge import post, start_nginx, tls_context
 from tests.support.servers import Gunicorn, gunicorn_setting
 from web.service import REQUEST_THREAD_NICE
 
@@ -79,11 +79,6 @@ def test_gunicorns_timeout_is_no_shorter_than_nginxs(target):
 
 
 # -- through nginx and gunicorn -----------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def tls(tmp_path_factory):
-    return make_dev_cert(tmp_path_factory.mktemp("tls"))
 
 
 @contextlib.contextmanager

@@ -27,7 +27,6 @@ from tests.support.edge import (
     SPILL,
     assert_json_error,
     assert_security_headers,
-    make_dev_cert,
     post,
     request,
     slow_request,
@@ -46,11 +45,6 @@ CAP = max_body_bytes_for(UPLOAD_BYTES)
 # Parses per minute per client address (M2FP_RATE_LIMIT). Tests that parse come from their own
 # loopback addresses (127.0.0.N), so each has its own budget; 127.0.0.1 is the client's (2).
 APP_LIMIT = 3
-
-
-@pytest.fixture(scope="module")
-def tls(tmp_path_factory):
-    return make_dev_cert(tmp_path_factory.mktemp("tls"))
 
 
 @pytest.fixture(scope="module")

@@ -16,17 +16,11 @@ import pytest
 from tests.support.edge import (
     assert_json_error,
     echo_upstream,
-    make_dev_cert,
     start_nginx,
 )
 from tests.support.slow_clients import raw_exchange
 
 pytestmark = pytest.mark.deploy
-
-
-@pytest.fixture(scope="module")
-def tls(tmp_path_factory):
-    return make_dev_cert(tmp_path_factory.mktemp("tls"))
 
 
 @pytest.fixture(scope="module")

@@ -40,7 +40,6 @@ from tests.support.edge import (
     assert_security_headers,
     echo_upstream,
     https,
-    make_dev_cert,
     post,
     request,
     slow_request,
@@ -54,17 +53,6 @@ from tests.support.servers import free_port, wait_for_port
 pytestmark = pytest.mark.deploy
 
 CAP = max_body_bytes_for(10 * 1024 * 1024)  # the default app cap: 10 MiB images, base64 form
-
-
-@pytest.fixture(scope="module")
-def tls(tmp_path_factory):
-    return make_dev_cert(tmp_path_factory.mktemp("tls"))
-
-
-@pytest.fixture(scope="module")
-def upstream():
-    with echo_upstream() as server:
-        yield server
 
 
 @pytest.fixture(scope="module")

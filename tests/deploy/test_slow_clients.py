@@ -14,7 +14,7 @@ import time
 import pytest
 
 from nginx.render import NginxOptions
-from tests.support.edge import echo_upstream, make_dev_cert, post
+from tests.support.edge import post
 from tests.support.slow_clients import (
     loopback_sources,
     raw_exchange,
@@ -28,17 +28,6 @@ UPLOAD_HEAD = (
     b"POST /api/v1/parse HTTP/1.1\r\nHost: localhost\r\nContent-Type: image/jpeg\r\n"
     b"Content-Length: 5000000\r\n\r\n"
 )
-
-
-@pytest.fixture(scope="module")
-def tls(tmp_path_factory):
-    return make_dev_cert(tmp_path_factory.mktemp("tls"))
-
-
-@pytest.fixture(scope="module")
-def upstream():
-    with echo_upstream() as server:
-        yield server
 
 
 def timed_parse(edge, tls, source: str) -> tuple[int, float]:

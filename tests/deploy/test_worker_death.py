@@ -18,17 +18,12 @@ import pytest
 import requests
 
 from tests.support import images
-from tests.support.edge import assert_json_error, make_dev_cert, post, start_nginx
+from tests.support.edge import assert_json_error, post, start_nginx
 from tests.support.servers import Gunicorn
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
 
 PARSE = "/api/v1/parse?output=json"
-
-
-@pytest.fixture(scope="module")
-def tls(tmp_path_factory):
-    return make_dev_cert(tmp_path_factory.mktemp("tls"))
 
 
 @pytest.fixture(scope="module")

@@ -66,11 +66,6 @@ class _ScriptedServer(http.server.ThreadingHTTPServer):
     seen: list
 
 
-@pytest.fixture(scope="module")
-def tls(tmp_path_factory):
-    return make_dev_cert(tmp_path_factory.mktemp("tls"))
-
-
 @contextlib.contextmanager
 def scripted_https(tls) -> Iterator[_ScriptedServer]:
     server = _ScriptedServer(("127.0.0.1", 0), _Scripted)
